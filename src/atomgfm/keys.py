@@ -1,0 +1,44 @@
+"""The data contract: every field of a batch is named once, here.
+
+A batch is a plain ``dict[str, Tensor]``. Each constant below carries ``(shape) | meaning | unit``.
+The sets at the bottom say which fields are per-atom, per-edge or per-structure; collation reads
+those sets and nothing else needs to know which fields exist.
+"""
+
+from __future__ import annotations
+
+# --- geometry and composition -------------------------------------------------------------
+POSITIONS = "positions"  # (n_atoms, 3) float | Cartesian positions | Å
+ATOMIC_NUMBERS = "atomic_numbers"  # (n_atoms,) int64 | element of each atom | -
+CELL = "cell"  # (n_structs, 3, 3) float | lattice vectors as rows (zeros if no pbc) | Å
+PBC = "pbc"  # (n_structs, 3) bool | periodic along each cell vector | -
+CHARGE = "charge"  # (n_structs,) float | total charge of the structure | e
+SPIN = "spin"  # (n_structs,) float | spin multiplicity 2S+1 (0 = not given) | -
+N_ATOMS = "n_atoms"  # (n_structs,) int64 | atoms per structure | -
+DATASET = "dataset"  # (n_structs,) int64 | dataset (head) id from the registry | -
+BATCH = "batch"  # (n_atoms,) int64 | structure index of each atom | -
+
+# --- graph ---------------------------------------------------------------------------------
+EDGE_INDEX = "edge_index"  # (2, n_edges) int64 | row 0 centre atom i, row 1 neighbour j | -
+CELL_SHIFTS = "cell_shifts"  # (n_edges, 3) float | integer lattice shifts S: r_ij = R_j - R_i + S·cell | -
+
+# --- labels (targets) and their presence masks --------------------------------------------
+ENERGY = "energy"  # (n_structs,) float | total energy | eV
+FORCES = "forces"  # (n_atoms, 3) float | -dE/dR | eV/Å
+STRESS = "stress"  # (n_structs, 3, 3) float | (1/V) dE/dε, ASE sign convention | eV/Å³
+HAS_ENERGY = "has_energy"  # (n_structs,) bool | energy label present | -
+HAS_FORCES = "has_forces"  # (n_structs,) bool | forces label present | -
+HAS_STRESS = "has_stress"  # (n_structs,) bool | stress label present | -
+
+# --- model outputs that are not labels ----------------------------------------------------
+ATOM_ENERGY = "atom_energy"  # (n_atoms,) float | per-atom energy incl. element reference | eV
+NODE_SCALARS = "node_scalars"  # (n_atoms, F) float | invariant node features from the backbone | -
+NODE_VECTORS = "node_vectors"  # (n_atoms, 3, F) float | equivariant vector features | -
+
+PER_ATOM = frozenset({POSITIONS, ATOMIC_NUMBERS, BATCH, FORCES})
+PER_EDGE = frozenset({CELL_SHIFTS})  # EDGE_INDEX is special: it is offset by atom counts
+PER_STRUCTURE = frozenset(
+    {CELL, PBC, CHARGE, SPIN, N_ATOMS, DATASET, ENERGY, STRESS, HAS_ENERGY, HAS_FORCES, HAS_STRESS}
+)
+LABELS = (ENERGY, FORCES, STRESS)
+LABEL_MASK = {ENERGY: HAS_ENERGY, FORCES: HAS_FORCES, STRESS: HAS_STRESS}
