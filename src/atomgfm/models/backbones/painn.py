@@ -1,0 +1,97 @@
+"""PaiNN: polarizable atom interaction neural network.
+
+Schütt, Unke, Gastegger, "Equivariant message passing for the prediction of tensorial properties
+and molecular spectra", ICML 2021, https://arxiv.org/abs/2102.03150.
+
+Each atom carries scalars s_i (F,) and vectors v_i (3, F). A layer is a message block (filters of
+the interatomic distance, vector messages along the unit bond direction) followed by an update
+block (gated mixing of scalar and vector channels). Invariant scalars and equivariant vectors are
+guaranteed by construction: only norms and dot products of vectors enter nonlinearities.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from atomgfm import keys as K
+from atomgfm.models.backbones.base import Backbone
+from atomgfm.nn.embedding import AtomEmbedding
+from atomgfm.nn.geometry import edge_vectors
+from atomgfm.nn.radial import BesselBasis, CosineCutoff
+from atomgfm.nn.scatter import scatter_sum
+from atomgfm.registry import register
+
+_EPS = 1e-8  # keeps ‖v‖ differentiable at v = 0
+
+
+class PaiNNMessage(nn.Module):
+    def __init__(self, F: int, num_rbf: int) -> None:
+        super().__init__()
+        self.F = F
+        self.phi = nn.Sequential(nn.Linear(F, F), nn.SiLU(), nn.Linear(F, 3 * F))
+        self.filter = nn.Linear(num_rbf, 3 * F)
+
+    def forward(self, s, v, i, j, rbf, fcut, unit):
+        x = self.phi(s)[j] * self.filter(rbf) * fcut.unsqueeze(-1)  # (E, 3F)
+        ds, dvv, dvs = torch.split(x, self.F, dim=-1)
+        dv = v[j] * dvv.unsqueeze(1) + unit.unsqueeze(-1) * dvs.unsqueeze(1)  # (E, 3, F)
+        n = s.shape[0]
+        return s + scatter_sum(ds, i, n), v + scatter_sum(dv, i, n)
+
+
+class PaiNNUpdate(nn.Module):
+    def __init__(self, F: int) -> None:
+        super().__init__()
+        self.F = F
+        self.U = nn.Linear(F, F, bias=False)
+        self.V = nn.Linear(F, F, bias=False)
+        self.mlp = nn.Sequential(nn.Linear(2 * F, F), nn.SiLU(), nn.Linear(F, 3 * F))
+
+    def forward(self, s, v):
+        Uv, Vv = self.U(v), self.V(v)  # (N, 3, F)
+        norm = torch.sqrt((Vv * Vv).sum(1) + _EPS)  # (N, F)
+        a = self.mlp(torch.cat([s, norm], dim=-1))
+        avv, asv, ass = torch.split(a, self.F, dim=-1)
+        dot = (Uv * Vv).sum(1)
+        return s + asv * dot + ass, v + avv.unsqueeze(1) * Uv
+
+
+@register("backbone", "painn")
+class PaiNN(Backbone):
+    """PaiNN backbone.
+
+    Args:
+        num_features: width F of scalar and vector channels (default 64).
+        num_layers: message + update blocks (default 3).
+        cutoff: neighbour cutoff in Å (default 5.0).
+        num_rbf: Bessel radial functions (default 20).
+        max_charge, max_spin: range of the total-charge and multiplicity embeddings.
+    """
+
+    def __init__(self, num_features: int = 64, num_layers: int = 3, cutoff: float = 5.0,
+                 num_rbf: int = 20, max_charge: int = 6, max_spin: int = 8) -> None:
+        super().__init__()
+        if num_features < 1 or num_layers < 1:
+            raise ValueError("PaiNN needs num_features >= 1 and num_layers >= 1")
+        self.cutoff = float(cutoff)
+        self.num_scalar_features = self.num_vector_features = num_features
+        self.embedding = AtomEmbedding(num_features, max_charge, max_spin)
+        self.rbf = BesselBasis(cutoff, num_rbf)
+        self.fcut = CosineCutoff(cutoff)
+        self.messages = nn.ModuleList(PaiNNMessage(num_features, num_rbf)
+                                      for _ in range(num_layers))
+        self.updates = nn.ModuleList(PaiNNUpdate(num_features) for _ in range(num_layers))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        i, j = batch[K.EDGE_INDEX]
+        vec = edge_vectors(batch)  # (E, 3)
+        r = torch.linalg.vector_norm(vec, dim=-1)  # (E,)
+        unit = vec / r.unsqueeze(-1)
+        rbf, fcut = self.rbf(r), self.fcut(r)
+        s = self.embedding(batch)  # (N, F)
+        v = s.new_zeros((s.shape[0], 3, s.shape[1]))  # (N, 3, F)
+        for message, update in zip(self.messages, self.updates, strict=True):
+            s, v = message(s, v, i, j, rbf, fcut, unit)
+            s, v = update(s, v)
+        return {K.NODE_SCALARS: s, K.NODE_VECTORS: v}

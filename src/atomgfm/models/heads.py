@@ -1,0 +1,49 @@
+"""Per-dataset energy heads: scalar node features -> per-atom energies in the dataset's reference.
+
+A head owns its dataset's normalisation (SchNetPack's RemoveOffsets/AddOffsets idea): the element
+reference energies (float64, fitted on the training split) and the scale. Training targets are
+never shifted; the model adds back exactly what the fit removed, from the same stored numbers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from atomgfm.data.structure import MAX_Z
+from atomgfm.registry import register
+
+
+@register("head", "energy")
+class EnergyHead(nn.Module):
+    """E_i = e_ref[Z_i] + scale · g_i · MLP(s_i), in eV, float64.
+
+    Args:
+        num_features: width of the backbone's scalar features.
+        hidden: hidden width of the MLP (default num_features // 2).
+
+    ``g_i`` is the isolation gate supplied by the model (→ 0 smoothly as an atom loses all
+    neighbours), so an isolated atom gets exactly its reference energy.
+    """
+
+    def __init__(self, num_features: int, hidden: int | None = None) -> None:
+        super().__init__()
+        hidden = hidden or max(num_features // 2, 1)
+        self.mlp = nn.Sequential(nn.Linear(num_features, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+        self.register_buffer("element_energy", torch.zeros(MAX_Z + 1, dtype=torch.float64))
+        self.register_buffer("scale", torch.ones((), dtype=torch.float64))
+
+    def set_normalization(self, element_energy, scale: float) -> None:
+        """Store references (eV per atom of each element, index = Z) and the scale (eV)."""
+        ref = torch.as_tensor(element_energy, dtype=torch.float64)
+        if ref.shape != self.element_energy.shape:
+            raise ValueError(f"element_energy must have shape {tuple(self.element_energy.shape)}")
+        if not scale > 0:
+            raise ValueError(f"scale must be positive, got {scale}")
+        self.element_energy.copy_(ref)
+        self.scale.fill_(float(scale))
+
+    def forward(self, s: torch.Tensor, numbers: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """(n, F), (n,), (n,) -> (n,) float64 per-atom energies in eV."""
+        learned = self.mlp(s).squeeze(-1) * gate
+        return self.element_energy[numbers] + self.scale * learned.to(torch.float64)
