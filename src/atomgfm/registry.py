@@ -21,8 +21,7 @@ _REGISTRY: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
 
 def register(kind: str, name: str) -> Callable[[Any], Any]:
     """Decorator that files ``obj`` under ``kind``/``name``; names are unique per kind."""
-    if kind not in _REGISTRY:
-        raise ValueError(f"unknown registry kind {kind!r}; kinds are {KINDS}")
+    _check_kind(kind)
 
     def deco(obj: Any) -> Any:
         if name in _REGISTRY[kind] and _REGISTRY[kind][name] is not obj:
@@ -33,15 +32,33 @@ def register(kind: str, name: str) -> Callable[[Any], Any]:
     return deco
 
 
-def _load_builtins() -> None:
-    # Importing these modules runs their @register decorators.
-    import atomgfm.data.readers  # noqa: F401
-    import atomgfm.models.backbones  # noqa: F401
+# Importing these modules runs their @register decorators; only the kind asked for is loaded,
+# so looking up a reader does not import the models.
+_BUILTIN_MODULES = {
+    "backbone": ("atomgfm.models.backbones",),
+    "head": ("atomgfm.models.heads",),
+    "reader": ("atomgfm.data.readers",),
+    "loss": ("atomgfm.train.losses",),
+    "neighbors": ("atomgfm.data.neighbors",),
+}
+
+
+def _load_builtins(kind: str) -> None:
+    import importlib
+
+    for module in _BUILTIN_MODULES.get(kind, ()):
+        importlib.import_module(module)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in _REGISTRY:
+        raise ValueError(f"unknown registry kind {kind!r}; kinds are {KINDS}")
 
 
 def get(kind: str, name: str) -> Any:
     """Look up a registered object, with the known names in the error."""
-    _load_builtins()
+    _check_kind(kind)
+    _load_builtins(kind)
     try:
         return _REGISTRY[kind][name]
     except KeyError:
@@ -49,5 +66,5 @@ def get(kind: str, name: str) -> Any:
 
 
 def names(kind: str) -> list[str]:
-    _load_builtins()
+    _load_builtins(kind)
     return sorted(_REGISTRY[kind])

@@ -65,6 +65,7 @@ def _neutral_multiplicity(atoms: Atoms) -> int:
 
 
 def _ion_multiplicity(atoms: Atoms, charge: int) -> int:
+    """Lowest multiplicity for the electron count: singlet if even, doublet if odd."""
     return 1 if (int(atoms.numbers.sum()) - charge) % 2 == 0 else 2
 
 
@@ -84,12 +85,10 @@ def species_catalogue(names: list[str]) -> dict[str, list[Species]]:
     for name in names:
         atoms = molecule(name)
         mult = _neutral_multiplicity(atoms)
-        cat["neutral" if mult == 1 else "radical"].append(Species(name, 0, mult, 
-                                                                  "neutral" if mult == 1 else "radical"))
-        cat["cation"].append(Species(name, 1, _ion_multiplicity(atoms, 1) if mult < 3 else 2,
-                                     "cation"))
-        cat["anion"].append(Species(name, -1, _ion_multiplicity(atoms, -1) if mult < 3 else 2,
-                                    "anion"))
+        kind = "neutral" if mult == 1 else "radical"
+        cat[kind].append(Species(name, 0, mult, kind))
+        cat["cation"].append(Species(name, 1, _ion_multiplicity(atoms, 1), "cation"))
+        cat["anion"].append(Species(name, -1, _ion_multiplicity(atoms, -1), "anion"))
         if mult == 1:  # deprotonate the first H bound to O, N or S: a closed-shell anion
             adj = _bonds(atoms)
             sym = atoms.get_chemical_symbols()

@@ -11,9 +11,11 @@ def edge_vectors(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """r_ij = R_j - R_i + S_ij · cell_{b(i)}  (n_edges, 3) in Å; differentiable in R and cell."""
     pos = batch[K.POSITIONS]
     i, j = batch[K.EDGE_INDEX]
-    vec = pos[j] - pos[i]
-    shifts = batch[K.CELL_SHIFTS]
-    if shifts.numel():
-        cell = batch[K.CELL][batch[K.BATCH][i]]  # (E, 3, 3)
-        vec = vec + torch.einsum("ek,ekl->el", shifts.to(vec.dtype), cell.to(vec.dtype))
+    # Geometry stays in the positions' precision even under bf16 autocast.
+    with torch.autocast(device_type=pos.device.type, enabled=False):
+        vec = pos[j] - pos[i]
+        shifts = batch[K.CELL_SHIFTS]
+        if shifts.numel():
+            cell = batch[K.CELL][batch[K.BATCH][i]]  # (E, 3, 3)
+            vec = vec + torch.einsum("ek,ekl->el", shifts.to(vec.dtype), cell.to(vec.dtype))
     return vec

@@ -30,6 +30,8 @@ SPIN_KEYS = ("spin", "multiplicity")
 
 # Substring of a StructureError message -> short reason used in skip reports (first match wins).
 _REASONS = (
+    ("ambiguous", "ambiguous label"),
+    ("not numeric", "non-numeric label"),
     ("unknown element", "unknown element"),
     ("no atoms", "no atoms"),
     ("non-finite energy", "non-finite energy"),
@@ -39,8 +41,6 @@ _REASONS = (
     ("zero volume", "missing cell"),
     ("stress", "stress"),
     ("positions", "positions"),
-    ("ambiguous", "ambiguous label"),
-    ("not numeric", "non-numeric label"),
     ("energy must be a scalar", "energy shape"),
 )
 

@@ -1,0 +1,79 @@
+"""Per-dataset evaluation of a force field on graph sets; tables with a reference baseline."""
+
+from __future__ import annotations
+
+import torch
+
+from atomgfm import keys as K
+from atomgfm.data.graph import collate
+from atomgfm.data.mixing import packed_batches
+from atomgfm.data.sources import GraphSet, LoadedDataset
+from atomgfm.train.metrics import MetricAccumulator
+from atomgfm.train.precision import autocast
+
+
+def evaluate_graphs(model, graph_sets: list[GraphSet], names: list[str], *, precision: str,
+                    device: torch.device, dtype: torch.dtype, max_atoms: int = 512,
+                    max_structures: int = 64, keep_values: bool = False) -> MetricAccumulator:
+    """Energy/force/stress errors of ``model`` on every graph set (datasets in id order)."""
+    model.eval()
+    acc = MetricAccumulator(names, keep_values)
+    for gs in graph_sets:
+        for idx in packed_batches(gs.n_atoms, max_atoms, max_structures):
+            batch = collate([gs.graphs[i] for i in idx], dtype, device)
+            with autocast(precision, device):
+                out = model(batch, forces=True, stress=bool(batch[K.HAS_STRESS].any()))
+            acc.update(out, batch)
+    return acc
+
+
+def baseline_metrics(d: LoadedDataset, split: str = "val") -> dict[str, float]:
+    """Errors of the per-element-reference baseline: E = Σ e_Z, F = 0, σ = 0."""
+    import numpy as np
+
+    ref = d.normalization.element_energy
+    structures = d.val if split == "val" else d.train
+    e = [abs(s.energy - ref[s.numbers].sum()) / s.n_atoms for s in structures
+         if s.energy is not None]
+    f = [np.abs(s.forces).ravel() for s in structures if s.forces is not None]
+    st = [np.abs(s.stress).ravel() for s in structures if s.stress is not None]
+    out = {}
+    if e:
+        out["energy_mae_meV_atom"] = 1000 * float(np.mean(e))
+    if f:
+        out["forces_mae_meV_A"] = 1000 * float(np.mean(np.concatenate(f)))
+    if st:
+        out["stress_mae_meV_A3"] = 1000 * float(np.mean(np.concatenate(st)))
+    return out
+
+
+def force_std(d: LoadedDataset, split: str = "val") -> float:
+    """Standard deviation of force components (eV/Å) of a split."""
+    import numpy as np
+
+    structures = d.val if split == "val" else d.train
+    f = [s.forces.ravel() for s in structures if s.forces is not None]
+    return float(np.std(np.concatenate(f))) if f else float("nan")
+
+
+COLUMNS = (("energy_mae_meV_atom", "E MAE meV/atom"), ("forces_mae_meV_A", "F MAE meV/Å"),
+           ("stress_mae_meV_A3", "σ MAE meV/Å³"))
+
+
+def metrics_table(datasets: list[LoadedDataset], metrics: dict, split: str = "val") -> str:
+    """Markdown table: model vs per-element-reference baseline, and force MAE / force std."""
+    head = "| dataset | level of theory | n | " + " | ".join(
+        f"{c} (model / baseline)" for _, c in COLUMNS) + " | F std meV/Å | F MAE / F std |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 5)]
+    for d in datasets:
+        m, b = metrics.get(d.name, {}), baseline_metrics(d, split)
+        cells = []
+        for key, _ in COLUMNS:
+            cells.append(f"{m[key]:.1f} / {b[key]:.1f}" if key in m and key in b else "–")
+        fstd = 1000 * force_std(d, split)
+        ratio = (f"{m['forces_mae_meV_A'] / fstd:.3f}" if "forces_mae_meV_A" in m and fstd > 0
+                 else "–")
+        n = len(d.val if split == "val" else d.train)
+        lines.append(f"| {d.name} | {d.config.level_of_theory or '?'} | {n} | "
+                     + " | ".join(cells) + f" | {fstd:.0f} | {ratio} |")
+    return "\n".join(lines)

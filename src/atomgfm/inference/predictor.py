@@ -1,0 +1,94 @@
+"""Batched prediction without ASE: structures in, energies/forces/stress out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from atomgfm import keys as K
+from atomgfm.data.graph import collate, structure_to_graph
+from atomgfm.data.mixing import packed_batches
+from atomgfm.data.structure import Structure
+from atomgfm.models.checkpoint import load_model
+from atomgfm.models.derivatives import ForceField
+from atomgfm.train.precision import autocast, param_dtype, resolve_device
+
+
+class Predictor:
+    """Evaluates a trained force field on ``Structure`` records in size-packed batches.
+
+    Args:
+        model: the force field.
+        datasets: dataset registry entries (name, id, ...) from the checkpoint.
+        elements: atomic numbers seen in training; others are rejected with a clear error.
+        precision: fp64 | fp32 | bf16.
+    """
+
+    def __init__(self, model: ForceField, datasets: list[dict], elements: list[int],
+                 device: str | torch.device = "cpu", precision: str = "fp32") -> None:
+        self.device = resolve_device(str(device))
+        self.precision = precision
+        self.dtype = param_dtype(precision)
+        self.model = model.to(self.device, self.dtype).eval()
+        self.datasets = {d["name"]: d for d in datasets}
+        self.elements = set(int(z) for z in elements)
+        self.cutoff = model.model.backbone.cutoff
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "auto",
+                        precision: str | None = None) -> Predictor:
+        model, state = load_model(path)
+        precision = precision or state["config"]["train"].get("precision", "fp32")
+        return cls(model, state["datasets"], state["elements"], device, precision)
+
+    @property
+    def heads(self) -> list[str]:
+        return list(self.datasets)
+
+    def head_id(self, head: str) -> int:
+        if head not in self.datasets:
+            raise KeyError(f"unknown head {head!r}; this model has heads {self.heads}")
+        return int(self.datasets[head]["id"])
+
+    def check(self, s: Structure) -> None:
+        unknown = sorted(set(s.numbers.tolist()) - self.elements)
+        if unknown:
+            from ase.data import chemical_symbols
+
+            raise ValueError(f"{s.source or '<input>'}, record {s.index}: element(s) "
+                             f"{[chemical_symbols[z] for z in unknown]} not in the model's "
+                             f"training elements {[chemical_symbols[z] for z in sorted(self.elements)]}")
+
+    def predict(self, structures: list[Structure], head: str | None = None, forces: bool = True,
+                stress: bool | None = None, max_atoms: int = 2048,
+                max_structures: int = 256) -> list[dict[str, np.ndarray | float]]:
+        """Predict each structure with ``head`` (default: the structure's own ``dataset``).
+
+        Returns one dict per structure: energy (eV), forces (n, 3) eV/Å, stress (3, 3) eV/Å³
+        (for fully periodic structures when ``stress`` is None or True).
+        """
+        graphs = []
+        for s in structures:
+            self.check(s)
+            graphs.append(structure_to_graph(s, self.cutoff, self.head_id(head or s.dataset)))
+        results: list[dict] = [{} for _ in structures]
+        sizes = np.array([s.n_atoms for s in structures])
+        for idx in packed_batches(sizes, max_atoms, max_structures):
+            batch = collate([graphs[i] for i in idx], self.dtype, self.device)
+            want_stress = bool(batch[K.PBC].all(1).any()) if stress is None else stress
+            with autocast(self.precision, self.device):
+                out = self.model(batch, forces=forces, stress=want_stress)
+            energy = out[K.ENERGY].detach().double().cpu().numpy()
+            f = out[K.FORCES].detach().double().cpu().numpy() if forces else None
+            st = out[K.STRESS].detach().double().cpu().numpy() if want_stress else None
+            start = np.cumsum([0] + [structures[i].n_atoms for i in idx])
+            for k, i in enumerate(idx):
+                r = {"energy": float(energy[k])}
+                if f is not None:
+                    r["forces"] = f[start[k]:start[k + 1]]
+                if st is not None and structures[i].pbc.all():
+                    r["stress"] = st[k]
+                results[i] = r
+        return results

@@ -1,0 +1,218 @@
+"""The training loop: sample, forward, masked multi-task loss, backward, step, evaluate, save.
+
+    trainer = Trainer(load_config("demo.yaml"))
+    summary = trainer.fit()
+
+Writes ``out_dir/{config.yaml, log.jsonl, last.pt, best.pt}``. ``last.pt`` holds everything for
+an exact resume (model, EMA, optimiser, scheduler, sampler position, RNG states); a new Trainer on
+the same ``out_dir`` resumes from it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from atomgfm import keys as K
+from atomgfm.config.schema import Config, config_from_dict
+from atomgfm.data.graph import collate
+from atomgfm.data.mixing import MixedBatchSampler, mixing_probabilities
+from atomgfm.data.sources import LoadedDataset, build_graphs, load_datasets
+from atomgfm.inference.evaluate import evaluate_graphs
+from atomgfm.models.build import build_model
+from atomgfm.models.checkpoint import read_checkpoint, save_checkpoint
+from atomgfm.train.losses import multitask_loss
+from atomgfm.train.metrics import MetricAccumulator
+from atomgfm.train.optim import build_optimizer
+from atomgfm.train.precision import autocast, param_dtype, resolve_device
+from atomgfm.telemetry.timers import PhaseTimer
+
+
+def elements_of(datasets: list[LoadedDataset]) -> list[int]:
+    return sorted({int(z) for d in datasets for s in d.train + d.val for z in s.numbers})
+
+
+class Trainer:
+    """Owns one run. ``datasets`` may be passed in (already loaded) to skip reading files."""
+
+    def __init__(self, cfg: Config, datasets: list[LoadedDataset] | None = None,
+                 resume: bool = True) -> None:
+        self.cfg = cfg
+        tc = cfg.train
+        self.out_dir = Path(tc.out_dir)
+        self.device = resolve_device(tc.device)
+        self.dtype = param_dtype(tc.precision)
+        _seed_everything(tc.seed)
+        self.datasets = datasets if datasets is not None else load_datasets(cfg.data)
+        self.names = [d.name for d in self.datasets]
+        self.elements = elements_of(self.datasets)
+        model = build_model(vars(cfg.model), self.names)
+        for d in self.datasets:
+            head = model.model.heads[d.name]
+            head.set_normalization(d.normalization.element_energy, d.normalization.scale)
+        self.model = model.to(self.device, self.dtype)
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay),
+                                  use_buffers=True) if tc.ema_decay else None)
+        cutoff = model.model.backbone.cutoff
+        self.train_sets = [build_graphs(d.train, cutoff, d.id, f"graphs {d.name}/train",
+                                        tc.progress) for d in self.datasets]
+        self.val_sets = [build_graphs(d.val, cutoff, d.id, f"graphs {d.name}/val", tc.progress)
+                         for d in self.datasets]
+        sizes = {d.name: len(d.train) for d in self.datasets}
+        self.probs = mixing_probabilities(sizes, cfg.data.mixing, cfg.data.temperature,
+                                          cfg.data.ratios)
+        self.sampler = MixedBatchSampler([g.n_atoms for g in self.train_sets],
+                                         [self.probs[n] for n in self.names],
+                                         cfg.data.max_atoms_per_batch,
+                                         cfg.data.max_structures_per_batch, seed=tc.seed)
+        self.optimizer, self.scheduler = build_optimizer(self.model, tc)
+        self.scales = torch.tensor([d.normalization.scale for d in self.datasets],
+                                   dtype=torch.float64, device=self.device)
+        self.weights = torch.tensor([[d.config.energy_weight, d.config.forces_weight,
+                                      d.config.stress_weight] for d in self.datasets],
+                                    dtype=torch.float64, device=self.device)
+        self.need_stress = any(d.registry_entry()["labels"]["stress"] for d in self.datasets)
+        self.step = 0
+        self.best = float("inf")
+        self.timer = PhaseTimer(self.device)
+        if resume and (self.out_dir / "last.pt").exists():
+            self._resume(self.out_dir / "last.pt")
+
+    # ------------------------------------------------------------------ state
+    def state(self, metrics: dict | None = None) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema else None,
+            "ema_n_averaged": int(self.ema.n_averaged) if self.ema else 0,
+            "config": self.cfg.to_dict(),
+            "datasets": [d.registry_entry() for d in self.datasets],
+            "elements": self.elements,
+            "mixing": self.probs,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                    "python": random.getstate()},
+            "step": self.step,
+            "best": self.best,
+            "metrics": metrics or {},
+        }
+
+    def _resume(self, path: Path) -> None:
+        st = read_checkpoint(path, self.device)
+        old = [d["name"] for d in st["datasets"]]
+        if old != self.names:
+            raise ValueError(f"{path}: checkpoint datasets {old} differ from config {self.names}")
+        self.model.load_state_dict(st["model"])
+        if self.ema and st["ema"] is not None:
+            self.ema.module.load_state_dict(st["ema"])
+            self.ema.n_averaged.fill_(st["ema_n_averaged"])
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.sampler.load_state_dict(st["sampler"])
+        torch.set_rng_state(st["rng"]["torch"].cpu())
+        np.random.set_state(st["rng"]["numpy"])
+        random.setstate(st["rng"]["python"])
+        self.step, self.best = st["step"], st["best"]
+        print(f"[atomgfm] resumed from {path} at step {self.step}")
+
+    # ------------------------------------------------------------------ loop
+    def train_step(self) -> dict:
+        tc = self.cfg.train
+        self.model.train()
+        with self.timer("data"):
+            items = self.sampler.next_batch()
+            graphs = [self.train_sets[d].graphs[i] for d, i in items]
+            batch = collate(graphs, self.dtype, self.device)
+        with self.timer("forward"), autocast(tc.precision, self.device):
+            stress = self.need_stress and bool(batch[K.HAS_STRESS].any())
+            out = self.model(batch, forces=True, stress=stress, create_graph=True)
+            loss, parts = multitask_loss(out, batch, self.scales, self.weights)
+        with self.timer("backward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        with self.timer("optimizer"):
+            gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            if self.ema:
+                self.ema.update_parameters(self.model)
+        self.step += 1
+        return {"loss": float(loss.detach()), **parts, "grad_norm": float(gnorm),
+                "lr": self.scheduler.get_last_lr()[0], "atoms": int(batch[K.N_ATOMS].sum()),
+                "structures": len(items)}
+
+    def evaluate(self, keep_values: bool = False) -> MetricAccumulator:
+        """Validation errors per dataset, with the EMA weights when EMA is on."""
+        return evaluate_graphs(self.ema.module if self.ema else self.model, self.val_sets,
+                               self.names, precision=self.cfg.train.precision,
+                               device=self.device, dtype=self.dtype,
+                               max_atoms=self.cfg.data.max_atoms_per_batch,
+                               max_structures=self.cfg.data.max_structures_per_batch,
+                               keep_values=keep_values)
+
+    def fit(self) -> dict:
+        """Train until ``max_steps``; returns the final validation metrics per dataset."""
+        tc = self.cfg.train
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict()))
+        log = open(self.out_dir / "log.jsonl", "a")
+        metrics: dict = {}
+        bar = tqdm(total=tc.max_steps, initial=self.step, desc="train", disable=not tc.progress)
+        t0, atoms, structs = time.perf_counter(), 0, 0
+        while self.step < tc.max_steps:
+            rec = self.train_step()
+            atoms += rec["atoms"]
+            structs += rec["structures"]
+            bar.update(1)
+            if self.step % tc.log_every == 0 or self.step == tc.max_steps:
+                dt = time.perf_counter() - t0
+                rec.update(step=self.step, atoms_per_s=atoms / dt, structures_per_s=structs / dt,
+                           phases_s=self.timer.summary(reset=True))
+                t0, atoms, structs = time.perf_counter(), 0, 0
+                log.write(json.dumps({"kind": "train", **rec}) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.1e}")
+            if self.step % tc.eval_every == 0 or self.step == tc.max_steps:
+                metrics = self.evaluate().compute()
+                score = _score(metrics, self.datasets)
+                log.write(json.dumps({"kind": "val", "step": self.step, "score": score,
+                                      "metrics": metrics}) + "\n")
+                log.flush()
+                if score < self.best:
+                    self.best = score
+                    save_checkpoint(self.out_dir / "best.pt", self.state(metrics))
+                save_checkpoint(self.out_dir / "last.pt", self.state(metrics))
+        bar.close()
+        log.close()
+        return metrics
+
+
+def _score(metrics: dict, datasets: list[LoadedDataset]) -> float:
+    """Model selection score: mean over datasets of force MAE / force RMS (energy if no forces)."""
+    vals = []
+    for d in datasets:
+        m = metrics.get(d.name, {})
+        if "forces_mae_meV_A" in m:
+            vals.append(m["forces_mae_meV_A"] / 1000 / d.normalization.force_rms)
+        elif "energy_mae_meV_atom" in m:
+            vals.append(m["energy_mae_meV_atom"] / 1000 / max(d.normalization.energy_rms, 1e-9))
+    return float(np.mean(vals)) if vals else float("inf")
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def config_of(state: dict) -> Config:
+    return config_from_dict(state["config"])

@@ -1,0 +1,70 @@
+"""Per-dataset validation metrics: energy MAE (meV/atom), force MAE (meV/Å), stress MAE (meV/Å³).
+
+Also collects predictions for parity plots.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from atomgfm import keys as K
+
+
+class MetricAccumulator:
+    """Accumulates absolute errors per dataset id over many batches."""
+
+    def __init__(self, names: list[str], keep_values: bool = False) -> None:
+        self.names = names
+        self.keep = keep_values
+        self.sums = defaultdict(float)
+        self.counts = defaultdict(int)
+        self.values: dict[tuple[str, str], list] = defaultdict(list)
+
+    def update(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> None:
+        ds = batch[K.DATASET].cpu().numpy()
+        n = batch[K.N_ATOMS].cpu().numpy()
+        atom_ds = np.repeat(ds, n)
+        e_pred = out[K.ENERGY].detach().double().cpu().numpy()
+        e_true = batch[K.ENERGY].double().cpu().numpy()
+        has_e = batch[K.HAS_ENERGY].cpu().numpy()
+        has_f = np.repeat(batch[K.HAS_FORCES].cpu().numpy(), n)
+        for k, name in enumerate(self.names):
+            m = (ds == k) & has_e
+            if m.any():
+                err = np.abs(e_pred[m] - e_true[m]) / n[m]
+                self._add(name, "energy", err, e_true[m] / n[m], e_pred[m] / n[m])
+            if K.FORCES in out:
+                ma = (atom_ds == k) & has_f
+                if ma.any():
+                    fp = out[K.FORCES].detach().double().cpu().numpy()[ma].ravel()
+                    ft = batch[K.FORCES].double().cpu().numpy()[ma].ravel()
+                    self._add(name, "forces", np.abs(fp - ft), ft, fp)
+            if K.STRESS in out:
+                ms = (ds == k) & batch[K.HAS_STRESS].cpu().numpy()
+                if ms.any():
+                    sp = out[K.STRESS].detach().double().cpu().numpy()[ms].ravel()
+                    st = batch[K.STRESS].double().cpu().numpy()[ms].ravel()
+                    self._add(name, "stress", np.abs(sp - st), st, sp)
+
+    def _add(self, name, quantity, abs_err, true, pred):
+        self.sums[(name, quantity)] += float(abs_err.sum())
+        self.counts[(name, quantity)] += abs_err.size
+        if self.keep:
+            self.values[(name, quantity)].append(np.stack([true, pred]))
+
+    def compute(self) -> dict[str, dict[str, float]]:
+        """{dataset: {"energy_mae_meV_atom", "forces_mae_meV_A", "stress_mae_meV_A3"}}."""
+        label = {"energy": "energy_mae_meV_atom", "forces": "forces_mae_meV_A",
+                 "stress": "stress_mae_meV_A3"}
+        out: dict[str, dict[str, float]] = {name: {} for name in self.names}
+        for (name, q), total in self.sums.items():
+            out[name][label[q]] = 1000.0 * total / self.counts[(name, q)]
+        return out
+
+    def parity(self, name: str, quantity: str) -> np.ndarray | None:
+        """(2, n) array of true and predicted values, or None."""
+        vals = self.values.get((name, quantity))
+        return np.concatenate(vals, axis=1) if vals else None

@@ -1,0 +1,35 @@
+"""Precision is a model setting carried explicitly (no global default dtype).
+
+fp64: parameters and geometry in float64. fp32: float32. bf16: float32 parameters and geometry,
+bfloat16 autocast for the network's matrix products (edge vectors stay float32, energies are summed
+in float64 in every mode).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "bf16": torch.float32}
+
+
+def param_dtype(precision: str) -> torch.dtype:
+    try:
+        return DTYPES[precision]
+    except KeyError:
+        raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}") from None
+
+
+def autocast(precision: str, device: torch.device):
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    return torch.device(name)
