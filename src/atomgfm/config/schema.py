@@ -125,7 +125,10 @@ def load_config(path: str | Path) -> Config:
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
-    raw.setdefault("data", {}).setdefault("root", str(path.parent))
+    data = raw.setdefault("data", {})
+    if isinstance(data, dict):  # relative roots are relative to the config file's folder
+        root = Path(data.get("root", "."))
+        data["root"] = str(root if root.is_absolute() else (path.parent / root).resolve())
     try:
         return config_from_dict(raw)
     except ConfigError as exc:

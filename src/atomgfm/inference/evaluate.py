@@ -1,15 +1,21 @@
-"""Per-dataset evaluation of a force field on graph sets; tables with a reference baseline."""
+"""Per-dataset evaluation: errors on graph sets, a table beside the reference baseline, and
+``evaluate_checkpoint`` (the ``atomgfm evaluate`` verb): re-read the checkpoint's datasets with the
+same deterministic split, evaluate, write metrics and parity plots."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import torch
 
 from atomgfm import keys as K
 from atomgfm.data.graph import collate
 from atomgfm.data.mixing import packed_batches
-from atomgfm.data.sources import GraphSet, LoadedDataset
+from atomgfm.data.sources import GraphSet, LoadedDataset, build_graphs, load_datasets
 from atomgfm.train.metrics import MetricAccumulator
-from atomgfm.train.precision import autocast
+from atomgfm.train.precision import autocast, param_dtype, resolve_device
 
 
 def evaluate_graphs(model, graph_sets: list[GraphSet], names: list[str], *, precision: str,
@@ -29,8 +35,6 @@ def evaluate_graphs(model, graph_sets: list[GraphSet], names: list[str], *, prec
 
 def baseline_metrics(d: LoadedDataset, split: str = "val") -> dict[str, float]:
     """Errors of the per-element-reference baseline: E = Σ e_Z, F = 0, σ = 0."""
-    import numpy as np
-
     ref = d.normalization.element_energy
     structures = d.val if split == "val" else d.train
     e = [abs(s.energy - ref[s.numbers].sum()) / s.n_atoms for s in structures
@@ -49,8 +53,6 @@ def baseline_metrics(d: LoadedDataset, split: str = "val") -> dict[str, float]:
 
 def force_std(d: LoadedDataset, split: str = "val") -> float:
     """Standard deviation of force components (eV/Å) of a split."""
-    import numpy as np
-
     structures = d.val if split == "val" else d.train
     f = [s.forces.ravel() for s in structures if s.forces is not None]
     return float(np.std(np.concatenate(f))) if f else float("nan")
@@ -77,3 +79,44 @@ def metrics_table(datasets: list[LoadedDataset], metrics: dict, split: str = "va
         lines.append(f"| {d.name} | {d.config.level_of_theory or '?'} | {n} | "
                      + " | ".join(cells) + f" | {fstd:.0f} | {ratio} |")
     return "\n".join(lines)
+
+
+def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = None,
+                        split: str = "val", device: str = "auto") -> dict:
+    """Re-read the checkpoint's datasets (same deterministic split), evaluate, plot, print."""
+    from atomgfm.config.schema import config_from_dict
+    from atomgfm.inference.plots import parity_plots
+    from atomgfm.models.checkpoint import load_model
+
+    model, state = load_model(checkpoint)
+    cfg = config_from_dict(state["config"])
+    datasets = load_datasets(cfg.data)
+    stored = {d["name"]: d for d in state["datasets"]}
+    for d in datasets:
+        entry = stored.get(d.name)
+        if entry is None:
+            raise ValueError(f"dataset {d.name!r} is not in checkpoint {checkpoint}")
+        if entry["provenance"] != d.provenance:
+            print(f"[atomgfm] warning: files of dataset {d.name!r} changed since training "
+                  f"(provenance {entry['provenance']} -> {d.provenance})")
+    names = [d["name"] for d in sorted(state["datasets"], key=lambda d: d["id"])]
+    by_name = {d.name: d for d in datasets}
+    datasets = [by_name[n] for n in names if n in by_name]
+    dev = resolve_device(device)
+    precision = cfg.train.precision
+    model = model.to(dev, param_dtype(precision))
+    cutoff = model.model.backbone.cutoff
+    sets = [build_graphs(d.val if split == "val" else d.train, cutoff, stored[d.name]["id"],
+                         progress=False) for d in datasets]
+    acc = evaluate_graphs(model, sets, names, precision=precision, device=dev,
+                          dtype=param_dtype(precision), keep_values=True)
+    metrics = acc.compute()
+    out_dir = Path(out_dir) if out_dir else Path(checkpoint).parent / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = parity_plots(acc, out_dir)
+    table = metrics_table(datasets, metrics, split)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out_dir / "metrics.md").write_text(table + "\n")
+    print(table)
+    print(f"parity plots: {', '.join(str(p) for p in plots)}")
+    return metrics

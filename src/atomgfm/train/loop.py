@@ -29,11 +29,11 @@ from atomgfm.data.sources import LoadedDataset, build_graphs, load_datasets
 from atomgfm.inference.evaluate import evaluate_graphs
 from atomgfm.models.build import build_model
 from atomgfm.models.checkpoint import read_checkpoint, save_checkpoint
+from atomgfm.telemetry.timers import PhaseTimer
 from atomgfm.train.losses import multitask_loss
 from atomgfm.train.metrics import MetricAccumulator
 from atomgfm.train.optim import build_optimizer
 from atomgfm.train.precision import autocast, param_dtype, resolve_device
-from atomgfm.telemetry.timers import PhaseTimer
 
 
 def elements_of(datasets: list[LoadedDataset]) -> list[int]:

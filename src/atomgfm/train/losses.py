@@ -12,8 +12,10 @@ from __future__ import annotations
 import torch
 
 from atomgfm import keys as K
+from atomgfm.registry import register
 
 
+@register("loss", "mse")
 def multitask_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
                    scales: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """Args:

@@ -1,0 +1,106 @@
+"""``atomgfm``: one command, verbs as thin layers over the library.
+
+    atomgfm data demo --out demo_data          # generate the demo corpus (real calculators)
+    atomgfm train configs/demo.yaml            # train (resumes from out_dir/last.pt)
+    atomgfm evaluate runs/demo/best.pt         # per-dataset table + parity plots
+    atomgfm info runs/demo/best.pt             # what a checkpoint holds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _data(args) -> int:
+    if args.what == "demo":
+        from atomgfm.data.demo import generate_demo
+
+        specs = generate_demo(args.out, seed=args.seed, scale=args.scale)
+        for s in specs:
+            print(f"  {s['name']:<12} {s['n_structures']:>6} structures  {s['level_of_theory']}")
+        print(f"demo corpus written to {args.out}")
+    return 0
+
+
+def _train(args) -> int:
+    from atomgfm.config.schema import load_config
+    from atomgfm.inference.evaluate import metrics_table
+    from atomgfm.train.loop import Trainer
+
+    cfg = load_config(args.config)
+    if args.out_dir:
+        cfg.train.out_dir = args.out_dir
+    if args.max_steps:
+        cfg.train.max_steps = args.max_steps
+    trainer = Trainer(cfg, resume=not args.restart)
+    metrics = trainer.fit()
+    print(metrics_table(trainer.datasets, metrics))
+    print(f"checkpoints in {cfg.train.out_dir}: best.pt, last.pt")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from atomgfm.inference.evaluate import evaluate_checkpoint
+
+    evaluate_checkpoint(args.checkpoint, out_dir=args.out, split=args.split, device=args.device)
+    return 0
+
+
+def _info(args) -> int:
+    from atomgfm.models.checkpoint import read_checkpoint
+
+    st = read_checkpoint(args.checkpoint)
+    info = {"step": st.get("step"), "model": st["config"]["model"], "elements": st["elements"],
+            "datasets": [{k: d[k] for k in ("name", "id", "level_of_theory", "labels",
+                                             "n_train", "n_val", "provenance")}
+                         for d in st["datasets"]],
+            "metrics": st.get("metrics")}
+    print(json.dumps(info, indent=2, ensure_ascii=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="atomgfm", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    d = sub.add_parser("data", help="datasets: generate the demo corpus")
+    d.add_argument("what", choices=["demo"])
+    d.add_argument("--out", default="demo_data", help="output folder (default demo_data)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--scale", type=float, default=1.0, help="multiply dataset sizes")
+    d.set_defaults(func=_data)
+
+    t = sub.add_parser("train", help="train a multi-task model from a YAML config")
+    t.add_argument("config")
+    t.add_argument("--out-dir", help="override train.out_dir")
+    t.add_argument("--max-steps", type=int, help="override train.max_steps")
+    t.add_argument("--restart", action="store_true", help="ignore out_dir/last.pt, start over")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("evaluate", help="per-dataset metrics table and parity plots")
+    e.add_argument("checkpoint")
+    e.add_argument("--out", help="folder for plots and metrics.json (default: beside checkpoint)")
+    e.add_argument("--split", choices=["val", "train"], default="val")
+    e.add_argument("--device", default="auto")
+    e.set_defaults(func=_evaluate)
+
+    i = sub.add_parser("info", help="print what a checkpoint holds")
+    i.add_argument("checkpoint")
+    i.set_defaults(func=_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        print(f"atomgfm {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
