@@ -1,0 +1,108 @@
+"""Physics contracts for every registered backbone, in fp64, on tiny random-weight models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk, molecule
+
+from atomgfm import keys as K
+from atomgfm.data.structure import Structure
+from atomgfm.models.build import build_model
+from atomgfm.registry import names
+from atomgfm.testing import physics
+
+TINY = {"painn": {"num_features": 8, "num_layers": 2, "cutoff": 4.0, "num_rbf": 8}}
+
+
+def test_every_backbone_has_a_tiny_config():
+    assert sorted(TINY) == names("backbone")
+
+
+@pytest.fixture(params=sorted(TINY))
+def ff(request):
+    torch.manual_seed(0)
+    model = build_model({"backbone": request.param, "backbone_kwargs": TINY[request.param]},
+                        ["alloy", "mol"]).double()
+    rng = np.random.default_rng(0)
+    for head in model.model.heads.values():
+        head.set_normalization(rng.normal(0, 1, head.element_energy.shape), 0.7)
+    with torch.no_grad():  # non-zero charge/spin embeddings so those paths are exercised too
+        emb = model.model.backbone.embedding
+        emb.charge.weight.normal_(0, 0.3)
+        emb.spin.weight.normal_(0, 0.3)
+    return model.eval()
+
+
+@pytest.fixture
+def cell():
+    a = bulk("Cu", "fcc", a=3.6) * (2, 1, 1)  # primitive (triclinic) cell, 2 atoms
+    a.set_chemical_symbols(["Cu", "Au"])
+    a.cell[2] += [0.3, -0.2, 0.1]  # a little shear
+    a.rattle(0.1, seed=1)
+    return Structure(a.numbers, a.positions, a.cell.array, a.pbc)
+
+
+@pytest.fixture
+def radical():
+    m = molecule("CH3CH2OH")
+    m.rattle(0.05, seed=2)
+    return Structure(m.numbers, m.positions, charge=1, spin=2)
+
+
+def test_forces_are_minus_energy_gradient(ff, cell, radical):
+    physics.assert_forces_are_gradient(ff, cell)
+    physics.assert_forces_are_gradient(ff, radical, dataset_id=1)
+
+
+def test_stress_is_strain_derivative(ff, cell):
+    physics.assert_stress_is_strain_derivative(ff, cell)
+
+
+def test_invariance_and_equivariance(ff, cell, radical):
+    physics.assert_invariance(ff, cell)
+    physics.assert_invariance(ff, radical, dataset_id=1)
+
+
+def test_supercell_is_extensive(ff, cell):
+    physics.assert_supercell_extensive(ff, cell)
+
+
+def test_alone_equals_in_batch(ff, cell, radical):
+    physics.assert_batch_consistent(ff, [radical, cell, radical], [1, 0, 0])
+
+
+def test_heads_only_see_their_own_atoms(ff, cell, radical):
+    physics.assert_heads_isolated(ff, [cell, radical, radical], [0, 1, 0])
+
+
+def test_train_and_eval_mode_agree(ff, cell, radical):
+    e_eval = physics.evaluate(ff, [cell, radical], [0, 1])[K.ENERGY]
+    ff.train()
+    e_train = physics.evaluate(ff, [cell, radical], [0, 1])[K.ENERGY]
+    np.testing.assert_allclose(e_train, e_eval, rtol=1e-12)
+
+
+def test_isolated_atoms_get_their_reference_energy(ff):
+    # Two atoms 10 Å apart (cutoff 4 Å): no neighbours, energy = sum of element references.
+    s = Structure([29, 79], [[0, 0, 0], [10, 0, 0]])
+    out = physics.evaluate(ff, [s], [0])
+    ref = ff.model.heads["alloy"].element_energy.numpy()
+    assert out[K.ENERGY][0] == pytest.approx(ref[29] + ref[79], abs=1e-12)
+    np.testing.assert_allclose(out[K.FORCES], 0.0, atol=1e-12)
+
+
+def test_energy_is_continuous_at_the_cutoff(ff):
+    cutoff = ff.model.backbone.cutoff
+    e = [physics.evaluate(ff, [Structure([29, 29], [[0, 0, 0], [r, 0, 0]])])[K.ENERGY][0]
+         for r in (cutoff - 1e-4, cutoff + 1e-4)]
+    assert abs(e[0] - e[1]) < 1e-6
+
+
+def test_charge_and_spin_change_the_energy(ff, radical):
+    base = physics.evaluate(ff, [radical], [1])[K.ENERGY][0]
+    neutral = Structure(radical.numbers, radical.positions, charge=0, spin=2)
+    singlet = Structure(radical.numbers, radical.positions, charge=1, spin=1)
+    assert physics.evaluate(ff, [neutral], [1])[K.ENERGY][0] != pytest.approx(base)
+    assert physics.evaluate(ff, [singlet], [1])[K.ENERGY][0] != pytest.approx(base)
