@@ -61,7 +61,9 @@ def collate(graphs: list[dict[str, np.ndarray]], dtype: torch.dtype = torch.floa
     batch[K.BATCH] = np.repeat(np.arange(len(graphs)), n_atoms)
     out = {}
     for key, value in batch.items():
-        if key in _INT_KEYS:
+        if key == K.ENERGY:  # total energies (~1e4 eV) need float64 whatever the model dtype
+            t = torch.as_tensor(value, dtype=torch.float64)
+        elif key in _INT_KEYS:
             t = torch.as_tensor(value, dtype=torch.long)
         elif key in _BOOL_KEYS:
             t = torch.as_tensor(value, dtype=torch.bool)
@@ -70,12 +72,3 @@ def collate(graphs: list[dict[str, np.ndarray]], dtype: torch.dtype = torch.floa
         out[key] = t.to(device) if device is not None else t
     return out
 
-
-def to_device(batch: dict[str, torch.Tensor], device, dtype: torch.dtype | None = None):
-    """Move a batch; floating fields are cast to ``dtype`` when given."""
-    out = {}
-    for k, v in batch.items():
-        if dtype is not None and v.is_floating_point():
-            v = v.to(dtype)
-        out[k] = v.to(device, non_blocking=True)
-    return out

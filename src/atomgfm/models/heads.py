@@ -33,6 +33,15 @@ class EnergyHead(nn.Module):
         self.register_buffer("element_energy", torch.zeros(MAX_Z + 1, dtype=torch.float64))
         self.register_buffer("scale", torch.ones((), dtype=torch.float64))
 
+    def _apply(self, fn, recurse=True):
+        # Module.to(dtype) would cast the references to float32 and lose meV on totals of
+        # 1e4 eV: they follow the device but stay float64.
+        keep = dict(self._buffers)
+        super()._apply(fn, recurse)
+        for name, old in keep.items():
+            self._buffers[name] = old.to(device=self._buffers[name].device, dtype=torch.float64)
+        return self
+
     def set_normalization(self, element_energy, scale: float) -> None:
         """Store references (eV per atom of each element, index = Z) and the scale (eV)."""
         ref = torch.as_tensor(element_energy, dtype=torch.float64)

@@ -107,6 +107,7 @@ class Trainer:
         }
 
     def _resume(self, path: Path) -> None:
+        tc = self.cfg.train
         st = read_checkpoint(path, self.device)
         old = [d["name"] for d in st["datasets"]]
         if old != self.names:
@@ -117,6 +118,8 @@ class Trainer:
             self.ema.n_averaged.fill_(st["ema_n_averaged"])
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
+        # The schedule follows the current config (a resumed run may extend max_steps).
+        self.scheduler.lr_lambdas[0].__init__(tc.warmup_steps, tc.max_steps, tc.min_lr_ratio)
         self.sampler.load_state_dict(st["sampler"])
         torch.set_rng_state(st["rng"]["torch"].cpu())
         np.random.set_state(st["rng"]["numpy"])
@@ -159,21 +162,23 @@ class Trainer:
                                max_structures=self.cfg.data.max_structures_per_batch,
                                keep_values=keep_values)
 
-    def fit(self) -> dict:
-        """Train until ``max_steps``; returns the final validation metrics per dataset."""
+    def fit(self, stop_at: int | None = None) -> dict:
+        """Train until ``max_steps`` (or ``stop_at``, for time-sliced jobs); returns the last
+        validation metrics per dataset. ``last.pt`` is always written on the way out."""
         tc = self.cfg.train
+        stop = min(stop_at or tc.max_steps, tc.max_steps)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict()))
         log = open(self.out_dir / "log.jsonl", "a")
         metrics: dict = {}
         bar = tqdm(total=tc.max_steps, initial=self.step, desc="train", disable=not tc.progress)
         t0, atoms, structs = time.perf_counter(), 0, 0
-        while self.step < tc.max_steps:
+        while self.step < stop:
             rec = self.train_step()
             atoms += rec["atoms"]
             structs += rec["structures"]
             bar.update(1)
-            if self.step % tc.log_every == 0 or self.step == tc.max_steps:
+            if self.step % tc.log_every == 0 or self.step == stop:
                 dt = time.perf_counter() - t0
                 rec.update(step=self.step, atoms_per_s=atoms / dt, structures_per_s=structs / dt,
                            phases_s=self.timer.summary(reset=True))
@@ -181,7 +186,7 @@ class Trainer:
                 log.write(json.dumps({"kind": "train", **rec}) + "\n")
                 log.flush()
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.1e}")
-            if self.step % tc.eval_every == 0 or self.step == tc.max_steps:
+            if self.step % tc.eval_every == 0 or self.step == stop:
                 metrics = self.evaluate().compute()
                 score = _score(metrics, self.datasets)
                 log.write(json.dumps({"kind": "val", "step": self.step, "score": score,

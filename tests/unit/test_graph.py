@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import numpy as np
+import torch
+from ase.build import bulk, molecule
+from ase.neighborlist import neighbor_list as ase_neighbor_list
+
+from atomgfm import keys as K
+from atomgfm.data.graph import collate, structure_to_graph
+from atomgfm.data.neighbors import neighbor_list
+from atomgfm.data.structure import Structure
+
+
+def _pairs(i, j, S):
+    return sorted(zip(i.tolist(), j.tolist(), map(tuple, np.asarray(S, int).tolist()),
+                      strict=True))
+
+
+def test_periodic_neighbours_match_ase_including_many_images():
+    a = bulk("Cu", "fcc", a=3.6)  # primitive cell smaller than the cutoff
+    a.rattle(0.05, seed=0)
+    nb = neighbor_list(a.positions, a.cell.array, a.pbc, 5.0)
+    i, j, S = ase_neighbor_list("ijS", a, 5.0)
+    assert _pairs(*nb.edge_index, nb.cell_shifts) == _pairs(i, j, S)
+    vec = (a.positions[nb.edge_index[1]] - a.positions[nb.edge_index[0]]
+           + nb.cell_shifts @ a.cell.array)
+    assert np.linalg.norm(vec, axis=1).max() < 5.0
+
+
+def test_mixed_pbc_slab():
+    a = bulk("Cu", "fcc", a=3.6, cubic=True)
+    a.pbc = [True, True, False]
+    nb = neighbor_list(a.positions, a.cell.array, a.pbc, 4.0)
+    i, j, S = ase_neighbor_list("ijS", a, 4.0)
+    assert _pairs(*nb.edge_index, nb.cell_shifts) == _pairs(i, j, S)
+    assert (nb.cell_shifts[:, 2] == 0).all()
+
+
+def test_isolated_atoms_are_counted_not_dropped():
+    nb = neighbor_list(np.array([[0.0, 0, 0], [1.0, 0, 0], [20.0, 0, 0]]), np.zeros((3, 3)),
+                       np.zeros(3, bool), 3.0)
+    assert nb.n_isolated == 1
+    assert nb.edge_index.shape == (2, 2)
+
+
+def test_collate_offsets_edges_and_stacks_fields():
+    m = molecule("H2O")
+    c = bulk("Cu", "fcc", a=3.6)
+    s1 = Structure(m.numbers, m.positions, energy=-1.0, charge=-1, spin=2)
+    s2 = Structure(c.numbers, c.positions, c.cell.array, c.pbc, energy=-3.0,
+                   forces=np.zeros((1, 3)), stress=np.zeros(6))
+    g1, g2 = structure_to_graph(s1, 3.0, 1), structure_to_graph(s2, 3.0, 0)
+    b = collate([g1, g2], torch.float32)
+    assert b[K.POSITIONS].shape == (4, 3)
+    assert b[K.BATCH].tolist() == [0, 0, 0, 1]
+    assert b[K.DATASET].tolist() == [1, 0]
+    assert b[K.CHARGE].tolist() == [-1.0, 0.0]
+    assert b[K.HAS_FORCES].tolist() == [False, True]
+    assert b[K.HAS_STRESS].tolist() == [False, True]
+    n1 = g1[K.EDGE_INDEX].shape[1]
+    assert (b[K.EDGE_INDEX][:, n1:] == 3).all()  # copper's edges point at atom 3
+    assert b[K.CELL].shape == (2, 3, 3) and b[K.EDGE_INDEX].dtype == torch.long
+    assert b[K.ENERGY].dtype == torch.float64  # totals of -1e4 eV need float64
+
+
+def test_collate_rejects_undeclared_fields():
+    m = molecule("H2")
+    g = structure_to_graph(Structure(m.numbers, m.positions), 2.0)
+    g["mystery"] = np.zeros(1)
+    try:
+        collate([g])
+    except KeyError as exc:
+        assert "mystery" in str(exc)
+    else:
+        raise AssertionError("undeclared field was collated")

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from atomgfm.data.mixing import (
+    MixedBatchSampler,
+    mixing_probabilities,
+    oversampling,
+    packed_batches,
+)
+
+SIZES = {"big": 900, "mid": 90, "small": 10}
+
+
+def test_strategies():
+    p = mixing_probabilities(SIZES, "proportional")
+    assert p == pytest.approx({"big": 0.9, "mid": 0.09, "small": 0.01})
+    assert mixing_probabilities(SIZES, "balanced") == pytest.approx(dict.fromkeys(SIZES, 1 / 3))
+    t = mixing_probabilities(SIZES, "temperature", temperature=2.0)
+    w = np.sqrt([900, 90, 10])
+    assert list(t.values()) == pytest.approx(list(w / w.sum()))
+    e = mixing_probabilities(SIZES, "explicit", ratios={"big": 1, "mid": 1, "small": 2})
+    assert e["small"] == pytest.approx(0.5)
+
+
+def test_oversampling_ratio_is_exact():
+    p = mixing_probabilities(SIZES, "balanced")
+    over = oversampling(SIZES, p)
+    assert over["small"] == pytest.approx((1 / 3) / 0.01)
+    assert over["big"] == pytest.approx((1 / 3) / 0.9)
+
+
+def test_bad_mixing_inputs_are_errors():
+    with pytest.raises(ValueError, match="unknown mixing strategy"):
+        mixing_probabilities(SIZES, "random")
+    with pytest.raises(ValueError, match="explicit mixing needs a ratio"):
+        mixing_probabilities(SIZES, "explicit", ratios={"big": 1})
+    with pytest.raises(ValueError, match="at least one structure"):
+        mixing_probabilities({"a": 0}, "balanced")
+
+
+def test_sampler_draws_with_the_requested_probabilities():
+    sizes = [np.full(900, 4), np.full(10, 4)]
+    sampler = MixedBatchSampler(sizes, [0.5, 0.5], max_atoms=40, max_structures=10, seed=1)
+    counts = np.zeros(2)
+    for _ in range(400):
+        for d, _i in sampler.next_batch():
+            counts[d] += 1
+    frac = counts[1] / counts.sum()
+    assert abs(frac - 0.5) < 0.03  # 4000 draws: 3 sigma is ~0.024
+
+
+def test_sampler_visits_every_record_before_repeating():
+    sizes = [np.full(7, 3)]
+    sampler = MixedBatchSampler(sizes, [1.0], max_atoms=9, max_structures=10, seed=0)
+    seen = [i for _ in range(7) for _, i in sampler.next_batch()][:7]
+    assert sorted(seen) == list(range(7))
+
+
+def test_batches_are_packed_to_max_atoms():
+    rng = np.random.default_rng(0)
+    sizes = [rng.integers(1, 30, 200)]
+    sampler = MixedBatchSampler(sizes, [1.0], max_atoms=64, max_structures=100, seed=0)
+    for _ in range(50):
+        batch = sampler.next_batch()
+        total = sum(int(sizes[0][i]) for _, i in batch)
+        assert total <= 64 or len(batch) == 1
+
+
+def test_oversized_structure_forms_its_own_batch():
+    sampler = MixedBatchSampler([np.array([500])], [1.0], max_atoms=64, max_structures=8)
+    assert sampler.next_batch() == [(0, 0)]
+
+
+def test_sampler_state_round_trip_gives_the_same_stream():
+    sizes = [np.arange(1, 50), np.arange(1, 20)]
+    a = MixedBatchSampler(sizes, [0.7, 0.3], max_atoms=60, max_structures=9, seed=3)
+    for _ in range(5):
+        a.next_batch()
+    state = a.state_dict()
+    expected = [a.next_batch() for _ in range(10)]
+    b = MixedBatchSampler(sizes, [0.7, 0.3], max_atoms=60, max_structures=9, seed=99)
+    b.load_state_dict(state)
+    assert [b.next_batch() for _ in range(10)] == expected
+
+
+def test_packed_batches_keep_order_and_limits():
+    batches = packed_batches(np.array([5, 5, 5, 20, 1]), max_atoms=12, max_structures=2)
+    assert batches == [[0, 1], [2], [3], [4]]
