@@ -16,8 +16,11 @@ reproduces the files byte for byte. Molecules carry ``info["charge"]`` (e) and `
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +51,26 @@ DATASETS = {
     "mol_dft": (None, "PBE/def2-SVP", False),
 }
 MAX_RETRIES = 5
+
+
+@contextmanager
+def _openmp_threads(n: int) -> Iterator[None]:
+    """Run tblite with ``n`` OpenMP threads: its threaded sums are not bitwise reproducible.
+
+    tblite links the system libgomp; where that library cannot be found this is a no-op.
+    """
+    name = ctypes.util.find_library("gomp")
+    try:
+        lib = ctypes.CDLL(name or "libgomp.so.1")
+        old = lib.omp_get_max_threads()
+    except (OSError, AttributeError):
+        yield
+        return
+    lib.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        lib.omp_set_num_threads(old)
 
 
 def _emt_label(atoms: Atoms) -> Atoms:
@@ -119,20 +142,8 @@ def generate_demo(out_dir: str | Path, seed: int = 0, progress: bool = True,
         return max(minimum, int(round(DATASETS[name][0] * scale)))
 
     catalogue = species_catalogue(molecule_pool(max_atoms=12))
-    built: dict[str, list[Atoms]] = {}
-    failures: dict[str, int] = {}
-    built["alloy_emt"], failures["alloy_emt"] = _generate(
-        "alloy_emt", count("alloy_emt", 2), lambda rng, i: random_alloy(rng), _emt_label,
-        rngs["alloy_emt"], progress)
-    for name, method in (("mol_gfn2", "GFN2-xTB"), ("mol_gfn1", "GFN1-xTB")):
-        rng = rngs[name]
-        species = sample_species(rng, count(name, 4), catalogue)
-        built[name], failures[name] = _generate(
-            name, len(species), _molecule_maker(species),
-            lambda atoms, m=method: _xtb_label(atoms, m), rng, progress)
-    built["inorg_gfn1"], failures["inorg_gfn1"] = _generate(
-        "inorg_gfn1", count("inorg_gfn1", 2), lambda rng, i: random_inorganic(rng),
-        lambda atoms: _xtb_label(atoms, "GFN1-xTB"), rngs["inorg_gfn1"], progress)
+    with _openmp_threads(1):
+        built, failures = _generate_all(catalogue, count, rngs, progress)
     built["mol_dft"] = _shipped_dft(scale, rngs["mol_dft"])
 
     specs = []
@@ -151,6 +162,27 @@ def generate_demo(out_dir: str | Path, seed: int = 0, progress: bool = True,
     if progress:
         print(f"SCF/calculation failures retried with a new geometry: {failed or 'none'}")
     return specs
+
+
+def _generate_all(catalogue: dict[str, list[Species]], count: Callable[[str, int], int],
+                  rngs: dict[str, np.random.Generator],
+                  progress: bool) -> tuple[dict[str, list[Atoms]], dict[str, int]]:
+    """Build and label the four generated sets; returns records and failure counts per set."""
+    built: dict[str, list[Atoms]] = {}
+    failures: dict[str, int] = {}
+    built["alloy_emt"], failures["alloy_emt"] = _generate(
+        "alloy_emt", count("alloy_emt", 2), lambda rng, i: random_alloy(rng), _emt_label,
+        rngs["alloy_emt"], progress)
+    for name, method in (("mol_gfn2", "GFN2-xTB"), ("mol_gfn1", "GFN1-xTB")):
+        rng = rngs[name]
+        species = sample_species(rng, count(name, 4), catalogue)
+        built[name], failures[name] = _generate(
+            name, len(species), _molecule_maker(species),
+            lambda atoms, m=method: _xtb_label(atoms, m), rng, progress)
+    built["inorg_gfn1"], failures["inorg_gfn1"] = _generate(
+        "inorg_gfn1", count("inorg_gfn1", 2), lambda rng, i: random_inorganic(rng),
+        lambda atoms: _xtb_label(atoms, "GFN1-xTB"), rngs["inorg_gfn1"], progress)
+    return built, failures
 
 
 def _shipped_dft(scale: float, rng: np.random.Generator) -> list[Atoms]:

@@ -6,6 +6,8 @@ import numpy as np
 from ase import Atoms
 from ase.build import bulk
 
+from atomgfm.data.demo_molecules import snap_positions
+
 # fcc lattice constants (Å) of the EMT elements; bcc cells use the same volume per atom
 EMT_FCC_A = {"Al": 4.05, "Cu": 3.61, "Ag": 4.09, "Au": 4.08, "Ni": 3.52, "Pd": 3.89, "Pt": 3.92}
 # (lattice, conventional?, repeat) -> 2..32 atoms
@@ -48,7 +50,7 @@ def random_alloy(rng: np.random.Generator, lattice_jitter: float = 0.04,
     atoms.positions += rng.normal(0.0, rng.uniform(*sigma), atoms.positions.shape)
     atoms.wrap()
     atoms.info = {"charge": 0, "spin": 0, "config_type": f"{lattice}{len(atoms)}"}
-    return atoms
+    return snap_positions(atoms)
 
 
 def _perovskite(a_site: str, b_site: str, a: float) -> Atoms:
@@ -87,4 +89,4 @@ def random_inorganic(rng: np.random.Generator, lattice_jitter: float = 0.03,
     atoms.positions += rng.normal(0.0, rng.uniform(*sigma), atoms.positions.shape)
     atoms.wrap()
     atoms.info = {"charge": 0, "spin": 1, "config_type": name}  # closed-shell xTB singlet
-    return atoms
+    return snap_positions(atoms)

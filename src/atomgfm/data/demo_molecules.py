@@ -155,8 +155,14 @@ def random_geometry(species: Species, rng: np.random.Generator,
         atoms.positions = (atoms.positions - atoms.positions.mean(axis=0)) @ q.T
         d = np.linalg.norm(atoms.positions[:, None] - atoms.positions[None], axis=-1)
         if len(atoms) == 1 or d[np.triu_indices(len(atoms), 1)].min() > 0.7:
-            return atoms
+            return snap_positions(atoms)
     raise RuntimeError(f"could not build a sane geometry for {species}")
+
+
+def snap_positions(atoms: Atoms) -> Atoms:
+    """Round positions to the 8 decimals extxyz stores, so labels match the written geometry."""
+    atoms.positions = np.round(atoms.positions, 8)
+    return atoms
 
 
 def attach_labels(atoms: Atoms, energy: float, forces: np.ndarray,
