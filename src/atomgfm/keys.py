@@ -20,7 +20,8 @@ BATCH = "batch"  # (n_atoms,) int64 | structure index of each atom | -
 
 # --- graph ---------------------------------------------------------------------------------
 EDGE_INDEX = "edge_index"  # (2, n_edges) int64 | row 0 centre atom i, row 1 neighbour j | -
-CELL_SHIFTS = "cell_shifts"  # (n_edges, 3) float | integer lattice shifts S: r_ij = R_j - R_i + S·cell | -
+# (n_edges, 3) float | integer lattice shifts S, with r_ij = R_j - R_i + S·cell | -
+CELL_SHIFTS = "cell_shifts"
 
 # --- labels (targets) and their presence masks --------------------------------------------
 ENERGY = "energy"  # (n_structs,) float | total energy | eV

@@ -56,7 +56,8 @@ def collate(graphs: list[dict[str, np.ndarray]], dtype: torch.dtype = torch.floa
         elif key in K.PER_ATOM or key in K.PER_EDGE or key in K.PER_STRUCTURE:
             batch[key] = np.concatenate([g[key] for g in graphs], axis=0)
         else:
-            raise KeyError(f"field {key!r} is not declared in keys.py's per-atom/edge/structure sets")
+            raise KeyError(f"field {key!r} is not declared in keys.py's per-atom/edge/structure "
+                           "sets")
     n_atoms = batch[K.N_ATOMS]
     batch[K.BATCH] = np.repeat(np.arange(len(graphs)), n_atoms)
     out = {}

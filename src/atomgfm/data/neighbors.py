@@ -56,9 +56,13 @@ def neighbor_list(
         nl = NeighborList(cutoff=float(cutoff), full_list=True)
         i, j, shifts = nl.compute(positions, box, pbc.tolist(), quantities="ijS")
     edge_index = np.stack([np.asarray(i, np.int64), np.asarray(j, np.int64)])
-    degree = np.bincount(edge_index[0], minlength=n)
     return Neighbors(edge_index, np.asarray(shifts, np.float64).reshape(-1, 3),
-                     int((degree == 0).sum()))
+                     count_isolated(edge_index, n))
+
+
+def count_isolated(edge_index: np.ndarray, n_atoms: int) -> int:
+    """Atoms that are the centre of no edge (no neighbour within the cutoff)."""
+    return int((np.bincount(edge_index[0], minlength=n_atoms) == 0).sum())
 
 
 def structure_neighbors(s: Structure, cutoff: float) -> Neighbors:

@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from atomgfm import keys as K
 from atomgfm.config.schema import DataConfig, DatasetConfig
 from atomgfm.data.graph import structure_to_graph
+from atomgfm.data.neighbors import count_isolated
 from atomgfm.data.readers import read_structures
 from atomgfm.data.references import Normalization, fit_references
 from atomgfm.data.structure import Structure
@@ -107,8 +109,5 @@ def build_graphs(structures: list[Structure], cutoff: float, dataset_id: int,
                  desc: str = "graphs", progress: bool = True) -> GraphSet:
     graphs = [structure_to_graph(s, cutoff, dataset_id)
               for s in tqdm(structures, desc=desc, disable=not progress, leave=False)]
-    isolated = 0
-    for g in graphs:
-        deg = np.bincount(g["edge_index"][0], minlength=len(g["atomic_numbers"]))
-        isolated += int((deg == 0).sum())
-    return GraphSet(graphs, np.array([len(g["atomic_numbers"]) for g in graphs]), isolated)
+    isolated = sum(count_isolated(g[K.EDGE_INDEX], len(g[K.ATOMIC_NUMBERS])) for g in graphs)
+    return GraphSet(graphs, np.array([len(g[K.ATOMIC_NUMBERS]) for g in graphs]), isolated)

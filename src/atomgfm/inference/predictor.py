@@ -57,9 +57,10 @@ class Predictor:
         if unknown:
             from ase.data import chemical_symbols
 
+            known = [chemical_symbols[z] for z in sorted(self.elements)]
             raise ValueError(f"{s.source or '<input>'}, record {s.index}: element(s) "
                              f"{[chemical_symbols[z] for z in unknown]} not in the model's "
-                             f"training elements {[chemical_symbols[z] for z in sorted(self.elements)]}")
+                             f"training elements {known}")
 
     def predict(self, structures: list[Structure], head: str | None = None, forces: bool = True,
                 stress: bool | None = None, max_atoms: int = 2048,

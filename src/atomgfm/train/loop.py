@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from atomgfm import keys as K
 from atomgfm.config.schema import Config, config_from_dict
 from atomgfm.data.graph import collate
-from atomgfm.data.mixing import MixedBatchSampler, mixing_probabilities
+from atomgfm.data.mixing import MixedBatchSampler, mixing_probabilities, oversampling
 from atomgfm.data.sources import LoadedDataset, build_graphs, load_datasets
 from atomgfm.inference.evaluate import evaluate_graphs
 from atomgfm.models.build import build_model
@@ -73,6 +73,7 @@ class Trainer:
                                          [self.probs[n] for n in self.names],
                                          cfg.data.max_atoms_per_batch,
                                          cfg.data.max_structures_per_batch, seed=tc.seed)
+        self.data_summary = self._data_summary(sizes)
         self.optimizer, self.scheduler = build_optimizer(self.model, tc)
         self.scales = torch.tensor([d.normalization.scale for d in self.datasets],
                                    dtype=torch.float64, device=self.device)
@@ -85,6 +86,27 @@ class Trainer:
         self.timer = PhaseTimer(self.device)
         if resume and (self.out_dir / "last.pt").exists():
             self._resume(self.out_dir / "last.pt")
+
+    def _data_summary(self, sizes: dict[str, int]) -> list[dict]:
+        """One row per dataset: sizes, mixing probability, oversampling, isolated atoms, skips."""
+        over = oversampling(sizes, self.probs)
+        rows = []
+        for d, tr, va in zip(self.datasets, self.train_sets, self.val_sets, strict=True):
+            rows.append({"dataset": d.name, "level_of_theory": d.config.level_of_theory,
+                         "train": len(d.train), "val": len(d.val),
+                         "train_atoms": int(tr.n_atoms.sum()),
+                         "p_mix": round(self.probs[d.name], 4),
+                         "oversampling": round(over[d.name], 2),
+                         "isolated_atoms": tr.n_isolated_atoms + va.n_isolated_atoms,
+                         "skipped": "; ".join(d.skipped) or "0"})
+        if self.cfg.train.progress:
+            print(f"{'dataset':<14}{'level of theory':<24}{'train':>7}{'val':>6}{'atoms':>9}"
+                  f"{'p_mix':>8}{'x over':>8}{'isolated':>10}  skipped")
+            for r in rows:
+                print(f"{r['dataset']:<14}{r['level_of_theory'][:23]:<24}{r['train']:>7}"
+                      f"{r['val']:>6}{r['train_atoms']:>9}{r['p_mix']:>8.3f}"
+                      f"{r['oversampling']:>8.2f}{r['isolated_atoms']:>10}  {r['skipped']}")
+        return rows
 
     # ------------------------------------------------------------------ state
     def state(self, metrics: dict | None = None) -> dict:
@@ -170,6 +192,8 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict()))
         log = open(self.out_dir / "log.jsonl", "a")
+        log.write(json.dumps({"kind": "data", "step": self.step, "datasets": self.data_summary})
+                  + "\n")
         metrics: dict = {}
         bar = tqdm(total=tc.max_steps, initial=self.step, desc="train", disable=not tc.progress)
         t0, atoms, structs = time.perf_counter(), 0, 0
