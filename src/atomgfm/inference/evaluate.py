@@ -23,7 +23,8 @@ def evaluate_graphs(model, graph_sets: list[GraphSet], names: list[str], *, prec
                     max_structures: int = 64, keep_values: bool = False) -> MetricAccumulator:
     """Energy/force/stress errors of ``model`` on every graph set (datasets in id order)."""
     model.eval()
-    acc = MetricAccumulator(names, keep_values)
+    refs = np.stack([h.element_energy.cpu().numpy() for h in model.model.heads.values()])
+    acc = MetricAccumulator(names, keep_values, refs)
     for gs in graph_sets:
         for idx in packed_batches(gs.n_atoms, max_atoms, max_structures):
             batch = collate([gs.graphs[i] for i in idx], dtype, device)

@@ -16,9 +16,14 @@ from atomgfm import keys as K
 class MetricAccumulator:
     """Accumulates absolute errors per dataset id over many batches."""
 
-    def __init__(self, names: list[str], keep_values: bool = False) -> None:
+    def __init__(self, names: list[str], keep_values: bool = False,
+                 references: np.ndarray | None = None) -> None:
+        """``references`` (n_datasets, MAX_Z + 1) eV: when given, kept energies are stored
+        relative to the element references, so parity plots show what the model learned rather
+        than the composition offset."""
         self.names = names
         self.keep = keep_values
+        self.references = references
         self.sums = defaultdict(float)
         self.counts = defaultdict(int)
         self.values: dict[tuple[str, str], list] = defaultdict(list)
@@ -31,11 +36,17 @@ class MetricAccumulator:
         e_true = batch[K.ENERGY].double().cpu().numpy()
         has_e = batch[K.HAS_ENERGY].cpu().numpy()
         has_f = np.repeat(batch[K.HAS_FORCES].cpu().numpy(), n)
+        offset = np.zeros_like(e_true)
+        if self.references is not None:
+            z = batch[K.ATOMIC_NUMBERS].cpu().numpy()
+            per_atom = self.references[atom_ds, z]
+            offset = np.bincount(np.repeat(np.arange(len(n)), n), per_atom, minlength=len(n))
         for k, name in enumerate(self.names):
             m = (ds == k) & has_e
             if m.any():
                 err = np.abs(e_pred[m] - e_true[m]) / n[m]
-                self._add(name, "energy", err, e_true[m] / n[m], e_pred[m] / n[m])
+                self._add(name, "energy", err, (e_true[m] - offset[m]) / n[m],
+                          (e_pred[m] - offset[m]) / n[m])
             if K.FORCES in out:
                 ma = (atom_ds == k) & has_f
                 if ma.any():
