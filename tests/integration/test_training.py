@@ -93,3 +93,29 @@ def test_predictor_rejects_unseen_elements(tmp_path, datasets):
     pred = Predictor.from_checkpoint(tmp_path / "last.pt", device="cpu")
     with pytest.raises(ValueError, match=r"record 0: element\(s\) \['U'\] not in the model"):
         pred.predict([Structure([92, 29], [[0, 0, 0], [2.5, 0, 0]], dataset="bulk")])
+
+
+@pytest.mark.parametrize("precision", ["fp64", "bf16"])
+def test_other_precisions_train_and_reload(tmp_path, datasets, precision):
+    trainer = Trainer(_cfg(tmp_path, 2, precision=precision), datasets)
+    expected = torch.float64 if precision == "fp64" else torch.float32
+    assert next(trainer.model.parameters()).dtype == expected
+    assert trainer.model.model.heads["bulk"].element_energy.dtype == torch.float64
+    metrics = trainer.fit()
+    assert np.isfinite(metrics["bulk"]["forces_mae_meV_A"])
+    model, _ = load_model(tmp_path / "best.pt")
+    assert next(model.parameters()).dtype == expected
+
+
+def test_relaxation_with_the_calculator_lowers_the_energy(tmp_path, datasets):
+    from ase.optimize import BFGS
+
+    from atomgfm import Calculator
+
+    Trainer(_cfg(tmp_path, 4), datasets).fit()
+    atoms = bulk("Cu", "fcc", a=3.7, cubic=True)
+    atoms.rattle(0.1, seed=3)
+    atoms.calc = Calculator(str(tmp_path / "best.pt"), head="bulk", precision="fp64")
+    e0 = atoms.get_potential_energy()
+    BFGS(atoms, logfile=None).run(fmax=0.01, steps=20)
+    assert atoms.get_potential_energy() < e0

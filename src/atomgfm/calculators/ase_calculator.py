@@ -5,14 +5,16 @@ from __future__ import annotations
 from ase.calculators.calculator import Calculator as _AseCalculator
 from ase.calculators.calculator import all_changes
 
+from atomgfm.data.readers.base import charge_and_spin
 from atomgfm.data.structure import Structure
 from atomgfm.inference.predictor import Predictor
 
 
 def atoms_to_structure(atoms, dataset: str = "") -> Structure:
-    charge = atoms.info.get("charge", atoms.get_initial_charges().sum())
+    """Geometry, total charge and spin of ``atoms`` (labels are not read: this is for input)."""
+    charge, spin = charge_and_spin(atoms)
     return Structure(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc,
-                     charge=charge, spin=atoms.info.get("spin", 0), dataset=dataset)
+                     charge=charge, spin=spin, dataset=dataset)
 
 
 class Calculator(_AseCalculator):

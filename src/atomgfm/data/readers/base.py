@@ -16,7 +16,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from atomgfm.data.structure import Structure, StructureError
+from atomgfm.data.structure import Structure, StructureError, _where
 
 ON_ERROR = ("raise", "skip")
 
@@ -57,9 +57,7 @@ class RecordError(ReaderError):
         self.reason = reason
 
 
-def where(source: str, index: int) -> str:
-    """The location prefix every per-record message starts with (same as Structure's)."""
-    return f"{source or '<memory>'}, record {index}"
+where = _where  # the location prefix every per-record message starts with (Structure's own)
 
 
 def reason_for(exc: Exception) -> str:
@@ -183,11 +181,7 @@ def atoms_to_structure(
     energy = _label(at, "energy", energy_key, ENERGY_KEYS, (results, atoms.info))
     forces = _label(at, "forces", forces_key, FORCES_KEYS, (results, atoms.arrays, atoms.info))
     stress = _label(at, "stress", stress_key, STRESS_KEYS, (results, atoms.info))
-    charge = _scalar_info(at, atoms.info, CHARGE_KEYS)
-    if charge is None:
-        initial = atoms.arrays.get("initial_charges")
-        charge = float(np.sum(initial)) if initial is not None else 0.0
-    spin = _scalar_info(at, atoms.info, SPIN_KEYS)
+    charge, spin = charge_and_spin(atoms, at)
 
     used = {energy_key, forces_key, stress_key, *ENERGY_KEYS, *FORCES_KEYS, *STRESS_KEYS,
             *CHARGE_KEYS, *SPIN_KEYS}
@@ -200,12 +194,23 @@ def atoms_to_structure(
         forces=None if forces is None else _numeric(at, "forces", forces) * (ef / lf),
         stress=None if stress is None else _numeric(at, "stress", stress) * (ef / lf**3),
         charge=charge,
-        spin=0.0 if spin is None else spin,
+        spin=spin,
         dataset=dataset,
         source=source,
         index=index,
         info={k: v for k, v in atoms.info.items() if k not in used},
     )
+
+
+def charge_and_spin(atoms: Atoms, at: str = "<atoms>") -> tuple[float, float]:
+    """Total charge (``info`` charge/total_charge, else Σ initial_charges, else 0) and spin
+    multiplicity (``info`` spin/multiplicity, else 0 = not given)."""
+    charge = _scalar_info(at, atoms.info, CHARGE_KEYS)
+    if charge is None:
+        initial = atoms.arrays.get("initial_charges")
+        charge = float(np.sum(initial)) if initial is not None else 0.0
+    spin = _scalar_info(at, atoms.info, SPIN_KEYS)
+    return charge, 0.0 if spin is None else spin
 
 
 def _label(at: str, what: str, key: str | None, defaults: tuple[str, ...], sources):
