@@ -37,7 +37,7 @@ def _train(args) -> int:
     trainer = Trainer(cfg, resume=not args.restart)
     metrics = trainer.fit()
     print(metrics_table(trainer.datasets, metrics))
-    print(f"checkpoints in {cfg.train.out_dir}: best.pt, last.pt")
+    print(f"checkpoints in {cfg.train.out_dir}: best.pt, last.pt; training curves: curves.png")
     return 0
 
 

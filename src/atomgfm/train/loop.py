@@ -29,6 +29,7 @@ from atomgfm.data.sources import LoadedDataset, build_graphs, load_datasets
 from atomgfm.inference.evaluate import evaluate_graphs
 from atomgfm.models.build import build_model
 from atomgfm.models.checkpoint import read_checkpoint, save_checkpoint
+from atomgfm.telemetry.curves import plot_curves
 from atomgfm.telemetry.timers import PhaseTimer
 from atomgfm.train.losses import multitask_loss
 from atomgfm.train.metrics import MetricAccumulator
@@ -196,17 +197,18 @@ class Trainer:
                   + "\n")
         metrics: dict = {}
         bar = tqdm(total=tc.max_steps, initial=self.step, desc="train", disable=not tc.progress)
-        t0, atoms, structs = time.perf_counter(), 0, 0
+        t0, window = time.perf_counter(), []
         while self.step < stop:
             rec = self.train_step()
-            atoms += rec["atoms"]
-            structs += rec["structures"]
+            window.append(rec)
             bar.update(1)
             if self.step % tc.log_every == 0 or self.step == stop:
                 dt = time.perf_counter() - t0
-                rec.update(step=self.step, atoms_per_s=atoms / dt, structures_per_s=structs / dt,
-                           phases_s=self.timer.summary(reset=True))
-                t0, atoms, structs = time.perf_counter(), 0, 0
+                rec = _window_means(window)  # losses averaged over the log interval
+                rec.update(step=self.step, lr=window[-1]["lr"],
+                           atoms_per_s=rec["atoms"] / dt, structures_per_s=rec["structures"] / dt,
+                           step_s=dt / len(window), phases_s=self.timer.summary(reset=True))
+                t0, window = time.perf_counter(), []
                 log.write(json.dumps({"kind": "train", **rec}) + "\n")
                 log.flush()
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.1e}")
@@ -220,9 +222,22 @@ class Trainer:
                     self.best = score
                     save_checkpoint(self.out_dir / "best.pt", self.state(metrics))
                 save_checkpoint(self.out_dir / "last.pt", self.state(metrics))
+                t0 = time.perf_counter()  # evaluation time is not training throughput
         bar.close()
         log.close()
+        plot_curves(self.out_dir / "log.jsonl")
         return metrics
+
+
+def _window_means(window: list[dict]) -> dict:
+    """Mean of each loss part over a log interval; atoms and structures summed."""
+    out = {"atoms": sum(r["atoms"] for r in window),
+           "structures": sum(r["structures"] for r in window)}
+    for key in ("loss", "energy", "forces", "stress", "grad_norm"):
+        vals = [r[key] for r in window if key in r]
+        if vals:
+            out[key] = float(np.mean(vals))
+    return out
 
 
 def _score(metrics: dict, datasets: list[LoadedDataset]) -> float:
