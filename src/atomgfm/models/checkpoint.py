@@ -51,7 +51,11 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu",
     names = [d["name"] for d in sorted(state["datasets"], key=lambda d: d["id"])]
     model = build_model(state["config"]["model"], names)
     weights = state.get("ema") if use_ema and state.get("ema") is not None else state["model"]
-    model.load_state_dict(weights)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not fit the model its config describes (written by "
+                         f"an incompatible atomgfm version?): {exc}") from None
     if state["config"]["train"].get("precision") == "fp64":
         model = model.double()
     return model.eval(), state

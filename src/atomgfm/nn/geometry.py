@@ -13,9 +13,9 @@ def edge_vectors(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     i, j = batch[K.EDGE_INDEX]
     # Geometry stays in the positions' precision even under bf16 autocast.
     with torch.autocast(device_type=pos.device.type, enabled=False):
-        vec = pos[j] - pos[i]
+        vec = torch.index_select(pos, 0, j) - torch.index_select(pos, 0, i)
         shifts = batch[K.CELL_SHIFTS]
         if shifts.numel():
-            cell = batch[K.CELL][batch[K.BATCH][i]]  # (E, 3, 3)
+            cell = torch.index_select(batch[K.CELL], 0, batch[K.BATCH][i])  # (E, 3, 3)
             vec = vec + torch.einsum("ek,ekl->el", shifts.to(vec.dtype), cell.to(vec.dtype))
     return vec

@@ -26,16 +26,19 @@ _EPS = 1e-8  # keeps ‖v‖ differentiable at v = 0
 
 
 class PaiNNMessage(nn.Module):
-    def __init__(self, F: int, num_rbf: int) -> None:
+    def __init__(self, F: int) -> None:
         super().__init__()
         self.F = F
         self.phi = nn.Sequential(nn.Linear(F, F), nn.SiLU(), nn.Linear(F, 3 * F))
-        self.filter = nn.Linear(num_rbf, 3 * F)
 
-    def forward(self, s, v, i, j, rbf, fcut, unit):
-        x = self.phi(s)[j] * self.filter(rbf) * fcut.unsqueeze(-1)  # (E, 3F)
+    def forward(self, s, v, i, j, filt, unit, first: bool):
+        """``filt`` (E, 3F): this layer's distance filter, cutoff already applied."""
+        # index_select rather than x[j]: its backward is a fast index_add, not index_put.
+        x = torch.index_select(self.phi(s), 0, j) * filt  # (E, 3F)
         ds, dvv, dvs = torch.split(x, self.F, dim=-1)
-        dv = v[j] * dvv.unsqueeze(1) + unit.unsqueeze(-1) * dvs.unsqueeze(1)  # (E, 3, F)
+        dv = unit.unsqueeze(-1) * dvs.unsqueeze(1)  # (E, 3, F)
+        if not first:  # v = 0 before the first message: skip the zero term
+            dv = torch.addcmul(dv, torch.index_select(v, 0, j), dvv.unsqueeze(1))
         n = s.shape[0]
         return s + scatter_sum(ds, i, n), v + scatter_sum(dv, i, n)
 
@@ -79,8 +82,9 @@ class PaiNN(Backbone):
         self.embedding = AtomEmbedding(num_features, max_charge, max_spin)
         self.rbf = BesselBasis(cutoff, num_rbf)
         self.fcut = CosineCutoff(cutoff)
-        self.messages = nn.ModuleList(PaiNNMessage(num_features, num_rbf)
-                                      for _ in range(num_layers))
+        # The distance filters of all layers in one product (num_rbf -> layers x 3F).
+        self.filters = nn.Linear(num_rbf, num_layers * 3 * num_features)
+        self.messages = nn.ModuleList(PaiNNMessage(num_features) for _ in range(num_layers))
         self.updates = nn.ModuleList(PaiNNUpdate(num_features) for _ in range(num_layers))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -88,10 +92,11 @@ class PaiNN(Backbone):
         vec = edge_vectors(batch)  # (E, 3)
         r = torch.linalg.vector_norm(vec, dim=-1)  # (E,)
         unit = vec / r.unsqueeze(-1)
-        rbf, fcut = self.rbf(r), self.fcut(r)
+        filters = self.filters(self.rbf(r)) * self.fcut(r).unsqueeze(-1)  # (E, layers * 3F)
+        filters = torch.split(filters, 3 * self.num_scalar_features, dim=-1)
         s = self.embedding(batch)  # (N, F)
         v = s.new_zeros((s.shape[0], 3, s.shape[1]))  # (N, 3, F)
-        for message, update in zip(self.messages, self.updates, strict=True):
-            s, v = message(s, v, i, j, rbf, fcut, unit)
+        for k, (message, update) in enumerate(zip(self.messages, self.updates, strict=True)):
+            s, v = message(s, v, i, j, filters[k], unit, first=k == 0)
             s, v = update(s, v)
         return {K.NODE_SCALARS: s, K.NODE_VECTORS: v}
