@@ -33,6 +33,8 @@ HAS_STRESS = "has_stress"  # (n_structs,) bool | stress label present | -
 
 # --- model outputs that are not labels ----------------------------------------------------
 ATOM_ENERGY = "atom_energy"  # (n_atoms,) float | per-atom energy incl. element reference | eV
+# (n_structs,) float64 | the reference (baseline) part of ENERGY: element + charge/spin terms | eV
+REFERENCE_ENERGY = "reference_energy"
 NODE_SCALARS = "node_scalars"  # (n_atoms, F) float | invariant node features from the backbone | -
 NODE_VECTORS = "node_vectors"  # (n_atoms, 3, F) float | equivariant vector features | -
 

@@ -106,3 +106,20 @@ def test_charge_and_spin_change_the_energy(ff, radical):
     singlet = Structure(radical.numbers, radical.positions, charge=1, spin=1)
     assert physics.evaluate(ff, [neutral], [1])[K.ENERGY][0] != pytest.approx(base)
     assert physics.evaluate(ff, [singlet], [1])[K.ENERGY][0] != pytest.approx(base)
+
+
+def test_state_energies_shift_energy_not_forces(radical):
+    torch.manual_seed(0)
+    ff = build_model({"backbone_kwargs": TINY["painn"]}, ["mol"]).double().eval()
+    ff.model.heads["mol"].set_normalization(np.zeros(119), 1.0, state_energy=[2.0, -1.0, 0.5])
+    # Charge/spin embeddings start at zero, so only the fitted state energies see charge/spin.
+    closed = Structure(radical.numbers, radical.positions, charge=0, spin=1)
+    cation = Structure(radical.numbers, radical.positions, charge=1, spin=2)
+    anion = Structure(radical.numbers, radical.positions, charge=-2, spin=1)
+    out = physics.evaluate(ff, [closed, cation, anion], [0, 0, 0])
+    e = out[K.ENERGY]
+    assert e[1] - e[0] == pytest.approx(2.0 + 0.5, abs=1e-10)
+    assert e[2] - e[0] == pytest.approx(2 * -1.0, abs=1e-10)
+    n = radical.n_atoms
+    np.testing.assert_allclose(out[K.FORCES][n:2 * n], out[K.FORCES][:n], atol=1e-12)
+    np.testing.assert_allclose(out[K.ATOM_ENERGY].reshape(3, n).sum(1), e, rtol=1e-12)

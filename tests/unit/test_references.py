@@ -48,3 +48,25 @@ def test_round_trip_through_dict():
     again = type(norm).from_dict(norm.to_dict())
     np.testing.assert_array_equal(again.element_energy, norm.element_energy)
     assert again.scale == norm.scale
+
+
+def test_charge_and_spin_state_energies_are_fitted():
+    # E = Σ e_Z + 9.5·q⁺ - 2.0·q⁻ + 0.7·(unpaired electrons): recovered exactly.
+    e = {1: -13.6, 6: -1029.5, 8: -432.1}
+    rows = [([6, 1, 1, 1, 1], 0, 1), ([6, 1, 1, 1], 0, 2), ([6, 1, 1, 1], 1, 1),
+            ([8, 1], -1, 1), ([8, 1], 0, 2), ([8, 8], 0, 3), ([1, 1], 1, 2), ([6, 8], 0, 1)]
+    structures = []
+    for numbers, q, m in rows:
+        energy = sum(e[z] for z in numbers) + 9.5 * max(q, 0) - 2.0 * max(-q, 0) + 0.7 * (m - 1)
+        n = len(numbers)
+        structures.append(Structure(numbers, np.arange(3 * n, dtype=float).reshape(n, 3),
+                                    energy=energy, charge=q, spin=m))
+    norm = fit_references(structures)
+    np.testing.assert_allclose(norm.state_energy, [9.5, -2.0, 0.7], atol=1e-8)
+    assert norm.element_energy[8] == pytest.approx(-432.1, abs=1e-8)
+    assert norm.reference_energy(structures[2]) == pytest.approx(structures[2].energy)
+
+
+def test_neutral_closed_shell_data_fits_no_state_energy():
+    norm = fit_references([_s([1, 8], -10.0), _s([1, 1, 8], -12.0)])
+    np.testing.assert_array_equal(norm.state_energy, 0.0)

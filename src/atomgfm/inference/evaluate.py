@@ -23,8 +23,7 @@ def evaluate_graphs(model, graph_sets: list[GraphSet], names: list[str], *, prec
                     max_structures: int = 64, keep_values: bool = False) -> MetricAccumulator:
     """Energy/force/stress errors of ``model`` on every graph set (datasets in id order)."""
     model.eval()
-    refs = np.stack([h.element_energy.cpu().numpy() for h in model.model.heads.values()])
-    acc = MetricAccumulator(names, keep_values, refs)
+    acc = MetricAccumulator(names, keep_values)
     for gs in graph_sets:
         for idx in packed_batches(gs.n_atoms, max_atoms, max_structures):
             batch = collate([gs.graphs[i] for i in idx], dtype, device)
@@ -35,10 +34,9 @@ def evaluate_graphs(model, graph_sets: list[GraphSet], names: list[str], *, prec
 
 
 def baseline_metrics(d: LoadedDataset, split: str = "val") -> dict[str, float]:
-    """Errors of the per-element-reference baseline: E = Σ e_Z, F = 0, σ = 0."""
-    ref = d.normalization.element_energy
+    """Errors of the reference baseline: E = Σ e_Z + charge/spin state energies, F = 0, σ = 0."""
     structures = d.val if split == "val" else d.train
-    e = [abs(s.energy - ref[s.numbers].sum()) / s.n_atoms for s in structures
+    e = [abs(s.energy - d.normalization.reference_energy(s)) / s.n_atoms for s in structures
          if s.energy is not None]
     f = [np.abs(s.forces).ravel() for s in structures if s.forces is not None]
     st = [np.abs(s.stress).ravel() for s in structures if s.stress is not None]

@@ -8,7 +8,7 @@ import numpy as np
 
 from atomgfm.train.metrics import MetricAccumulator
 
-_QUANTITIES = (("energy", "E − Σ e_ref per atom (eV/atom)"), ("forces", "force component (eV/Å)"),
+_QUANTITIES = (("energy", "(E − E_ref) per atom (eV/atom)"), ("forces", "force component (eV/Å)"),
                ("stress", "stress component (eV/Å³)"))
 
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from atomgfm.data.references import state_features
 from atomgfm.data.structure import MAX_Z
 from atomgfm.registry import register
 
 
 @register("head", "energy")
 class EnergyHead(nn.Module):
-    """E_i = e_ref[Z_i] + scale · g_i · MLP(s_i), in eV, float64.
+    """E_i = e_ref[Z_i] + scale · g_i · MLP(s_i), in eV, float64 (plus, per structure, the
+    charge/spin state offset of ``state_offset``, which the model spreads over the atoms).
 
     Args:
         num_features: width of the backbone's scalar features.
@@ -32,6 +34,8 @@ class EnergyHead(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(num_features, hidden), nn.SiLU(), nn.Linear(hidden, 1))
         self.register_buffer("element_energy", torch.zeros(MAX_Z + 1, dtype=torch.float64))
         self.register_buffer("scale", torch.ones((), dtype=torch.float64))
+        # e₊, e₋, e_u: energy per unit of positive charge, negative charge, unpaired electron
+        self.register_buffer("state_energy", torch.zeros(3, dtype=torch.float64))
 
     def _apply(self, fn, recurse=True):
         # Module.to(dtype) would cast the references to float32 and lose meV on totals of
@@ -42,8 +46,9 @@ class EnergyHead(nn.Module):
             self._buffers[name] = old.to(device=self._buffers[name].device, dtype=torch.float64)
         return self
 
-    def set_normalization(self, element_energy, scale: float) -> None:
-        """Store references (eV per atom of each element, index = Z) and the scale (eV)."""
+    def set_normalization(self, element_energy, scale: float, state_energy=None) -> None:
+        """Store references (eV per atom of each element, index = Z), the scale (eV) and the
+        charge/spin state energies (eV, see ``data.references``)."""
         ref = torch.as_tensor(element_energy, dtype=torch.float64)
         if ref.shape != self.element_energy.shape:
             raise ValueError(f"element_energy must have shape {tuple(self.element_energy.shape)}")
@@ -51,6 +56,13 @@ class EnergyHead(nn.Module):
             raise ValueError(f"scale must be positive, got {scale}")
         self.element_energy.copy_(ref)
         self.scale.fill_(float(scale))
+        if state_energy is not None:
+            self.state_energy.copy_(torch.as_tensor(state_energy, dtype=torch.float64))
+
+    def state_offset(self, charge: torch.Tensor, spin: torch.Tensor) -> torch.Tensor:
+        """(n_structs,) float64 eV: e₊ q⁺ + e₋ q⁻ + e_u u for each structure."""
+        feats = torch.stack(state_features(charge.to(torch.float64), spin.to(torch.float64)), -1)
+        return feats @ self.state_energy
 
     def forward(self, s: torch.Tensor, numbers: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """(n, F), (n,), (n,) -> (n,) float64 per-atom energies in eV."""

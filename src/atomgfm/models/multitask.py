@@ -65,5 +65,16 @@ class MultiTaskModel(nn.Module):
                 if idx.numel():
                     atom_energy = atom_energy.index_copy(
                         0, idx, head(s[idx], numbers[idx], gate[idx]))
-        energy = scatter_sum(atom_energy, batch[K.BATCH], batch[K.N_ATOMS].shape[0])
-        return {K.ENERGY: energy, K.ATOM_ENERGY: atom_energy}
+        # Per-structure charge/spin state energies of each structure's own head, spread evenly
+        # over its atoms so that Σ ATOM_ENERGY = ENERGY. No parameters: indexing is DDP-safe.
+        offsets = torch.stack([h.state_offset(batch[K.CHARGE], batch[K.SPIN])
+                               for h in self.heads.values()], dim=-1)  # (S, H)
+        offset = offsets.gather(1, batch[K.DATASET].unsqueeze(-1)).squeeze(-1)
+        share = offset / batch[K.N_ATOMS].to(torch.float64)
+        atom_energy = atom_energy + torch.index_select(share, 0, batch[K.BATCH])
+        n_structs = batch[K.N_ATOMS].shape[0]
+        energy = scatter_sum(atom_energy, batch[K.BATCH], n_structs)
+        with torch.no_grad():
+            refs = torch.stack([h.element_energy for h in self.heads.values()])  # (H, Z)
+            reference = scatter_sum(refs[atom_ds, numbers], batch[K.BATCH], n_structs) + offset
+        return {K.ENERGY: energy, K.ATOM_ENERGY: atom_energy, K.REFERENCE_ENERGY: reference}

@@ -58,7 +58,8 @@ class Trainer:
         model = build_model(vars(cfg.model), self.names)
         for d in self.datasets:
             head = model.model.heads[d.name]
-            head.set_normalization(d.normalization.element_energy, d.normalization.scale)
+            head.set_normalization(d.normalization.element_energy, d.normalization.scale,
+                                   d.normalization.state_energy)
         self.model = model.to(self.device, self.dtype)
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay),
                                   use_buffers=True) if tc.ema_decay else None)

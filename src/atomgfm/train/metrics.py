@@ -16,14 +16,12 @@ from atomgfm import keys as K
 class MetricAccumulator:
     """Accumulates absolute errors per dataset id over many batches."""
 
-    def __init__(self, names: list[str], keep_values: bool = False,
-                 references: np.ndarray | None = None) -> None:
-        """``references`` (n_datasets, MAX_Z + 1) eV: when given, kept energies are stored
-        relative to the element references, so parity plots show what the model learned rather
-        than the composition offset."""
+    def __init__(self, names: list[str], keep_values: bool = False) -> None:
+        """With ``keep_values``, energies are kept relative to the model's reference energy
+        (``REFERENCE_ENERGY``), so parity plots show what the model learned rather than the
+        composition offset."""
         self.names = names
         self.keep = keep_values
-        self.references = references
         self.sums = defaultdict(float)
         self.counts = defaultdict(int)
         self.values: dict[tuple[str, str], list] = defaultdict(list)
@@ -36,11 +34,8 @@ class MetricAccumulator:
         e_true = batch[K.ENERGY].double().cpu().numpy()
         has_e = batch[K.HAS_ENERGY].cpu().numpy()
         has_f = np.repeat(batch[K.HAS_FORCES].cpu().numpy(), n)
-        offset = np.zeros_like(e_true)
-        if self.references is not None:
-            z = batch[K.ATOMIC_NUMBERS].cpu().numpy()
-            per_atom = self.references[atom_ds, z]
-            offset = np.bincount(np.repeat(np.arange(len(n)), n), per_atom, minlength=len(n))
+        offset = (out[K.REFERENCE_ENERGY].detach().double().cpu().numpy()
+                  if K.REFERENCE_ENERGY in out else np.zeros_like(e_true))
         for k, name in enumerate(self.names):
             m = (ds == k) & has_e
             if m.any():
