@@ -36,6 +36,7 @@ def _train(args) -> int:
         cfg.train.max_steps = args.max_steps
     trainer = Trainer(cfg, resume=not args.restart)
     metrics = trainer.fit()
+    print(f"validation at the last step ({trainer.step}), EMA weights:")
     print(metrics_table(trainer.datasets, metrics))
     print(f"checkpoints in {cfg.train.out_dir}: best.pt, last.pt; training curves: curves.png")
     return 0

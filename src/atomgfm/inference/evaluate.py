@@ -116,6 +116,7 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = Non
     table = metrics_table(datasets, metrics, split)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out_dir / "metrics.md").write_text(table + "\n")
+    print(f"{checkpoint} (step {state.get('step')}), {split} split:")
     print(table)
     print(f"parity plots: {', '.join(str(p) for p in plots)}")
     return metrics

@@ -145,7 +145,8 @@ def collect(
                 raise
             report.add(index, reason_for(exc), str(exc))
     if report.n_records == 0:
-        raise ReaderError(f"{source}: empty file, no records")
+        raise ReaderError(f"{source}: empty file, no records (nothing the reader recognises as a "
+                          "structure; wrong format?)")
     if not out:
         examples = "; ".join(msg for _, _, msg in report.examples)
         raise ReaderError(f"{source}: every record was skipped ({report}). First: {examples}")
