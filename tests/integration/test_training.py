@@ -91,7 +91,8 @@ def test_predictor_rejects_unseen_elements(tmp_path, datasets):
 
     Trainer(_cfg(tmp_path, 1), datasets).fit()
     pred = Predictor.from_checkpoint(tmp_path / "last.pt", device="cpu")
-    with pytest.raises(ValueError, match=r"record 0: element\(s\) \['U'\] not in the model"):
+    with pytest.raises(ValueError, match=r"record 0: element\(s\) \['U'\] not in the training "
+                                         r"elements of head 'bulk'"):
         pred.predict([Structure([92, 29], [[0, 0, 0], [2.5, 0, 0]], dataset="bulk")])
 
 
@@ -119,3 +120,40 @@ def test_relaxation_with_the_calculator_lowers_the_energy(tmp_path, datasets):
     e0 = atoms.get_potential_energy()
     BFGS(atoms, logfile=None).run(fmax=0.01, steps=20)
     assert atoms.get_potential_energy() < e0
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
+def test_non_finite_batch_is_skipped_not_applied(tmp_path, datasets):
+    trainer = Trainer(_cfg(tmp_path, 4), datasets)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train_sets[0].graphs[0]["energy"] = np.array([np.nan])  # a corrupted label
+    trainer.sampler.pending = (0, 0)  # make it the next batch's first structure
+    rec = trainer.train_step()
+    assert rec["skipped_steps"] == 1
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(v, before[k]), f"{k} changed on a skipped step"
+
+
+def test_resume_keeps_one_log_record_per_step(tmp_path, datasets):
+    import json
+
+    Trainer(_cfg(tmp_path, 8), datasets).fit(stop_at=4)
+    with open(tmp_path / "log.jsonl", "a") as f:  # what a run killed after step 4 had written
+        f.write(json.dumps({"kind": "train", "step": 6, "loss": 1.0}) + "\n")
+    Trainer(_cfg(tmp_path, 8), datasets).fit()
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if r["kind"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == 8
+
+
+def test_calculator_recomputes_when_charge_changes(tmp_path, datasets):
+    from atomgfm import Calculator
+
+    Trainer(_cfg(tmp_path, 1), datasets).fit()
+    atoms = bulk("Cu", "fcc", a=3.7, cubic=True)
+    atoms.calc = Calculator(str(tmp_path / "last.pt"), head="bulk")
+    with torch.no_grad():
+        atoms.calc.predictor.model.model.backbone.embedding.charge.weight.normal_()
+    e0 = atoms.get_potential_energy()
+    atoms.info["charge"] = 1
+    assert atoms.get_potential_energy() != e0

@@ -36,3 +36,18 @@ def test_root_is_relative_to_the_config_file(tmp_path):
     assert cfg.data.root == str((tmp_path / "data").resolve())
     assert cfg.data.datasets[0].name == "a"
     assert cfg.to_dict()["data"]["datasets"][0]["forces_weight"] == 10.0
+    assert cfg.to_dict()["data"]["datasets"][0]["energy_weight"] == 10.0
+
+
+def test_values_are_type_checked_and_yaml_strings_converted():
+    cfg = config_from_dict({"train": {"lr": "1e-3", "max_steps": 10.0}})
+    assert cfg.train.lr == 0.001 and cfg.train.max_steps == 10
+    with pytest.raises(ConfigError, match=r"config.train.lr: expected a number, got 'fast'"):
+        config_from_dict({"train": {"lr": "fast"}})
+    with pytest.raises(ConfigError, match=r"config.train.max_steps: expected an integer"):
+        config_from_dict({"train": {"max_steps": 10.5}})
+    with pytest.raises(ConfigError, match=r"config.train.progress: expected true or false"):
+        config_from_dict({"train": {"progress": "yes"}})
+    with pytest.raises(ConfigError, match=r"config.model.backbone_kwargs: expected a dict"):
+        config_from_dict({"model": {"backbone_kwargs": [1]}})
+    assert config_from_dict({"train": {"ema_decay": None}}).train.ema_decay is None

@@ -73,3 +73,13 @@ def test_collate_rejects_undeclared_fields():
         assert "mystery" in str(exc)
     else:
         raise AssertionError("undeclared field was collated")
+
+
+def test_overlapping_atoms_are_an_error_naming_the_record():
+    import pytest
+
+    from atomgfm.data.structure import StructureError
+
+    s = Structure([1, 1, 8], [[0, 0, 0], [0.01, 0, 0], [1, 0, 0]], source="bad.xyz", index=7)
+    with pytest.raises(StructureError, match=r"bad.xyz, record 7: atoms 0 and 1 are 0.01 Å apart"):
+        structure_to_graph(s, 3.0)

@@ -38,9 +38,15 @@ def test_collinear_compositions_give_a_finite_fit():
     assert norm.element_energy[11] + norm.element_energy[17] == pytest.approx(-5.0)
 
 
-def test_no_energy_labels_is_an_error():
-    with pytest.raises(ValueError, match="no structure with an energy"):
+def test_no_labels_is_an_error():
+    with pytest.raises(ValueError, match="no structure with an energy or forces label"):
         fit_references([_s([1], None)], "empty")
+
+
+def test_forces_only_dataset_gets_zero_references_and_force_scale():
+    norm = fit_references([_s([1, 1], None, np.array([[1.0, 0, 0], [-1.0, 0, 0]]))])
+    assert not norm.element_energy.any()
+    assert norm.scale == pytest.approx(np.sqrt(2 / 6))
 
 
 def test_round_trip_through_dict():

@@ -43,6 +43,14 @@ class Calculator(_AseCalculator):
         self.predictor.head_id(head)  # validates the name
         self.head = head
 
+    def check_state(self, atoms, tol=1e-15):
+        # ASE compares positions, cell, numbers... but not info: a new charge or spin must also
+        # invalidate cached results.
+        changes = super().check_state(atoms, tol)
+        if self.atoms is not None and charge_and_spin(atoms) != charge_and_spin(self.atoms):
+            changes.append("charge_spin")
+        return changes
+
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         s = atoms_to_structure(self.atoms, self.head)

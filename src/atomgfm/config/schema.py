@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +24,9 @@ class DatasetConfig:
     format: str | None = None  # ASE format name; None = guess from the suffix
     energy_unit: str = "eV"
     length_unit: str = "Å"
-    energy_weight: float = 1.0  # loss weights of this dataset's task
+    # Loss weights of this dataset's task. Terms are in normalised units (docs/training.md), so
+    # equal energy and force weights make both count.
+    energy_weight: float = 10.0
     forces_weight: float = 10.0
     stress_weight: float = 1.0
 
@@ -77,6 +80,37 @@ class Config:
         return asdict(self)
 
 
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check a scalar against its type hint; YAML's '1e-3' (a string) becomes 0.001."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    if args and typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return value  # e.g. str | list[str]: checked where used
+    if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return int(value)
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if hint is str and not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    origin = typing.get_origin(hint)
+    if origin in (dict, list) and not isinstance(value, origin):
+        raise ConfigError(f"{where}: expected a {origin.__name__}, got {value!r}")
+    return value
+
+
 def _build(cls, raw: Any, where: str):
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
@@ -95,6 +129,8 @@ def _build(cls, raw: Any, where: str):
                 raise ConfigError(f"{where}.datasets: expected a list")
             value = [_build(DatasetConfig, v, f"{where}.datasets[{i}]")
                      for i, v in enumerate(value)]
+        else:
+            value = _coerce(value, hint, f"{where}.{name}")
         kwargs[name] = value
     missing = [n for n, f in fields.items() if n not in kwargs
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]

@@ -12,7 +12,9 @@ import torch
 
 from atomgfm import keys as K
 from atomgfm.data.neighbors import neighbor_list
-from atomgfm.data.structure import Structure
+from atomgfm.data.structure import Structure, StructureError
+
+MIN_DISTANCE = 0.1  # Å; closer pairs are overlapping atoms (a broken record), not chemistry
 
 _INT_KEYS = frozenset({K.ATOMIC_NUMBERS, K.BATCH, K.N_ATOMS, K.DATASET, K.EDGE_INDEX})
 _BOOL_KEYS = frozenset({K.PBC, K.HAS_ENERGY, K.HAS_FORCES, K.HAS_STRESS})
@@ -21,6 +23,14 @@ _BOOL_KEYS = frozenset({K.PBC, K.HAS_ENERGY, K.HAS_FORCES, K.HAS_STRESS})
 def structure_to_graph(s: Structure, cutoff: float, dataset_id: int = 0) -> dict[str, np.ndarray]:
     """Build the graph of one structure; absent labels are zero-filled with a False mask."""
     nb = neighbor_list(s.positions, s.cell, s.pbc, cutoff)
+    if nb.edge_index.shape[1]:
+        i, j = nb.edge_index
+        d = np.linalg.norm(s.positions[j] - s.positions[i] + nb.cell_shifts @ s.cell, axis=1)
+        k = int(np.argmin(d))
+        if d[k] < MIN_DISTANCE:
+            raise StructureError(f"{s.source or '<memory>'}, record {s.index}: atoms {i[k]} and "
+                                 f"{j[k]} are {d[k]:.3g} Å apart (< {MIN_DISTANCE} Å): "
+                                 "overlapping atoms")
     n = s.n_atoms
     return {
         K.POSITIONS: s.positions,

@@ -59,8 +59,13 @@ def state_features(charge, spin) -> tuple:
 def fit_references(structures: list[Structure], name: str = "") -> Normalization:
     """Fit element energies and the scale on ``structures`` (the training split)."""
     labelled = [s for s in structures if s.energy is not None]
-    if not labelled:
-        raise ValueError(f"dataset {name!r}: no structure with an energy label to fit references")
+    forces = [s.forces for s in structures if s.forces is not None]
+    if not labelled and not forces:
+        raise ValueError(f"dataset {name!r}: no structure with an energy or forces label")
+    force_rms = float(np.sqrt(np.mean(np.concatenate(forces) ** 2))) if forces else float("nan")
+    if not labelled:  # forces only: nothing to reference, energies are relative
+        return Normalization(np.zeros(MAX_Z + 1), force_rms if force_rms > 1e-9 else 1.0,
+                             float("nan"), force_rms, len(structures))
     counts = np.zeros((len(labelled), MAX_Z + 1))
     for row, s in enumerate(labelled):
         np.add.at(counts[row], s.numbers, 1.0)
@@ -77,8 +82,6 @@ def fit_references(structures: list[Structure], name: str = "") -> Normalization
     n_atoms = counts.sum(axis=1)
     residual = (energies - counts @ element_energy - states @ state_energy) / n_atoms
     energy_rms = float(np.sqrt(np.mean(residual**2)))
-    forces = [s.forces for s in structures if s.forces is not None]
-    force_rms = float(np.sqrt(np.mean(np.concatenate(forces) ** 2))) if forces else float("nan")
     scale = force_rms if forces and force_rms > 1e-6 else energy_rms
     if not scale > 1e-9:
         scale = 1.0  # every label exactly explained by composition: nothing to scale

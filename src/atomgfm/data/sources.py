@@ -7,6 +7,7 @@ checkpoint stores is produced here, from the training split only.
 from __future__ import annotations
 
 import hashlib
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,7 @@ class LoadedDataset:
         }
         return {"name": self.name, "id": self.id,
                 "level_of_theory": self.config.level_of_theory, "labels": labels,
+                "elements": sorted({int(z) for s in self.train for z in s.numbers}),
                 "normalization": self.normalization.to_dict(), "provenance": self.provenance,
                 "n_train": len(self.train), "n_val": len(self.val),
                 "weights": {"energy": self.config.energy_weight,
@@ -88,7 +90,9 @@ def load_datasets(cfg: DataConfig) -> list[LoadedDataset]:
             if result.skipped.total:
                 skipped.append(str(result.skipped))
                 print(f"[atomgfm] dataset {dc.name}: {result.skipped}")
-        tr, va = split_indices(len(structures), cfg.val_fraction, cfg.split_seed + ds_id)
+        # Seeded by the dataset's name, so reordering the config never reshuffles a split.
+        seed = zlib.crc32(dc.name.encode()) + cfg.split_seed
+        tr, va = split_indices(len(structures), cfg.val_fraction, seed)
         train = [structures[i] for i in tr]
         val = [structures[i] for i in va]
         norm = fit_references(train, dc.name)

@@ -52,15 +52,18 @@ class Predictor:
             raise KeyError(f"unknown head {head!r}; this model has heads {self.heads}")
         return int(self.datasets[head]["id"])
 
-    def check(self, s: Structure) -> None:
-        unknown = sorted(set(s.numbers.tolist()) - self.elements)
+    def check(self, s: Structure, head: str) -> None:
+        """Every element must have been in ``head``'s training split: elsewhere the head has no
+        reference energy for it and its prediction would be off by that whole reference."""
+        allowed = set(self.datasets[head].get("elements", self.elements))
+        unknown = sorted(set(s.numbers.tolist()) - allowed)
         if unknown:
             from ase.data import chemical_symbols
 
-            known = [chemical_symbols[z] for z in sorted(self.elements)]
+            known = [chemical_symbols[z] for z in sorted(allowed)]
             raise ValueError(f"{s.source or '<input>'}, record {s.index}: element(s) "
-                             f"{[chemical_symbols[z] for z in unknown]} not in the model's "
-                             f"training elements {known}")
+                             f"{[chemical_symbols[z] for z in unknown]} not in the training "
+                             f"elements of head {head!r} {known}")
 
     def predict(self, structures: list[Structure], head: str | None = None, forces: bool = True,
                 stress: bool | None = None, max_atoms: int = 2048,
@@ -72,8 +75,10 @@ class Predictor:
         """
         graphs = []
         for s in structures:
-            self.check(s)
-            graphs.append(structure_to_graph(s, self.cutoff, self.head_id(head or s.dataset)))
+            name = head or s.dataset
+            ds_id = self.head_id(name)
+            self.check(s, name)
+            graphs.append(structure_to_graph(s, self.cutoff, ds_id))
         results: list[dict] = [{} for _ in structures]
         sizes = np.array([s.n_atoms for s in structures])
         for idx in packed_batches(sizes, max_atoms, max_structures):

@@ -50,12 +50,12 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu",
     state = read_checkpoint(path, map_location)
     names = [d["name"] for d in sorted(state["datasets"], key=lambda d: d["id"])]
     model = build_model(state["config"]["model"], names)
+    if state["config"]["train"].get("precision") == "fp64":
+        model = model.double()  # before loading, so fp64 weights are not rounded to fp32
     weights = state.get("ema") if use_ema and state.get("ema") is not None else state["model"]
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
         raise ValueError(f"{path}: weights do not fit the model its config describes (written by "
                          f"an incompatible atomgfm version?): {exc}") from None
-    if state["config"]["train"].get("precision") == "fp64":
-        model = model.double()
     return model.eval(), state

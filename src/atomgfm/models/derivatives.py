@@ -44,9 +44,11 @@ class ForceField(nn.Module):
             strain = torch.zeros((n_structs, 3, 3), dtype=pos.dtype, device=pos.device,
                                  requires_grad=True)
             inputs.append(strain)
-            sym = 0.5 * (strain + strain.transpose(1, 2))
-            batch[K.POSITIONS] = pos + torch.einsum("ni,nij->nj", pos, sym[batch[K.BATCH]])
-            batch[K.CELL] = batch[K.CELL] + torch.bmm(batch[K.CELL], sym)
+            # The strain acts in the geometry's precision even under bf16 autocast.
+            with torch.autocast(device_type=pos.device.type, enabled=False):
+                sym = 0.5 * (strain + strain.transpose(1, 2))
+                batch[K.POSITIONS] = pos + torch.einsum("ni,nij->nj", pos, sym[batch[K.BATCH]])
+                batch[K.CELL] = batch[K.CELL] + torch.bmm(batch[K.CELL].to(pos.dtype), sym)
         out = dict(self.model(batch))
         if not inputs:
             return out

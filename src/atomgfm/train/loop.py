@@ -38,7 +38,8 @@ from atomgfm.train.precision import autocast, param_dtype, resolve_device
 
 
 def elements_of(datasets: list[LoadedDataset]) -> list[int]:
-    return sorted({int(z) for d in datasets for s in d.train + d.val for z in s.numbers})
+    """Elements of the training splits (the ones with fitted reference energies)."""
+    return sorted({int(z) for d in datasets for s in d.train for z in s.numbers})
 
 
 class Trainer:
@@ -63,6 +64,7 @@ class Trainer:
         self.model = model.to(self.device, self.dtype)
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay),
                                   use_buffers=True) if tc.ema_decay else None)
+        _check_charge_spin(self.datasets, model.model.backbone)
         cutoff = model.model.backbone.cutoff
         self.train_sets = [build_graphs(d.train, cutoff, d.id, f"graphs {d.name}/train",
                                         tc.progress) for d in self.datasets]
@@ -84,6 +86,7 @@ class Trainer:
                                     dtype=torch.float64, device=self.device)
         self.need_stress = any(d.registry_entry()["labels"]["stress"] for d in self.datasets)
         self.step = 0
+        self.skipped_steps = 0
         self.best = float("inf")
         self.timer = PhaseTimer(self.device)
         if resume and (self.out_dir / "last.pt").exists():
@@ -109,6 +112,17 @@ class Trainer:
                       f"{r['val']:>6}{r['train_atoms']:>9}{r['p_mix']:>8.3f}"
                       f"{r['oversampling']:>8.2f}{r['isolated_atoms']:>10}  {r['skipped']}")
         return rows
+
+    def _open_log(self):
+        """A new run starts a new log; a resumed run keeps the records up to its checkpoint's
+        step and drops the ones a killed run wrote after it (they are about to be redone)."""
+        path = self.out_dir / "log.jsonl"
+        kept = []
+        if self.step > 0 and path.exists():
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= self.step]
+        path.write_text("".join(line + "\n" for line in kept))
+        return open(path, "a")
 
     # ------------------------------------------------------------------ state
     def state(self, metrics: dict | None = None) -> dict:
@@ -168,14 +182,19 @@ class Trainer:
             loss.backward()
         with self.timer("optimizer"):
             gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-            self.optimizer.step()
+            if torch.isfinite(loss) and torch.isfinite(gnorm):
+                self.optimizer.step()
+                if self.ema:
+                    self.ema.update_parameters(self.model)
+            else:  # never let one bad batch turn the weights into NaN; counted and logged
+                self.skipped_steps += 1
+                print(f"[atomgfm] step {self.step + 1}: non-finite loss or gradient, update "
+                      f"skipped (batch: {items[:8]}{'...' if len(items) > 8 else ''})")
             self.scheduler.step()
-            if self.ema:
-                self.ema.update_parameters(self.model)
         self.step += 1
         return {"loss": float(loss.detach()), **parts, "grad_norm": float(gnorm),
                 "lr": self.scheduler.get_last_lr()[0], "atoms": int(batch[K.N_ATOMS].sum()),
-                "structures": len(items)}
+                "structures": len(items), "skipped_steps": self.skipped_steps}
 
     def evaluate(self, keep_values: bool = False) -> MetricAccumulator:
         """Validation errors per dataset, with the EMA weights when EMA is on."""
@@ -193,7 +212,7 @@ class Trainer:
         stop = min(stop_at or tc.max_steps, tc.max_steps)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict()))
-        log = open(self.out_dir / "log.jsonl", "a")
+        log = self._open_log()
         log.write(json.dumps({"kind": "data", "step": self.step, "datasets": self.data_summary})
                   + "\n")
         metrics: dict = {}
@@ -219,7 +238,7 @@ class Trainer:
                 log.write(json.dumps({"kind": "val", "step": self.step, "score": score,
                                       "metrics": metrics}) + "\n")
                 log.flush()
-                if score < self.best:
+                if score <= self.best or not (self.out_dir / "best.pt").exists():
                     self.best = score
                     save_checkpoint(self.out_dir / "best.pt", self.state(metrics))
                 save_checkpoint(self.out_dir / "last.pt", self.state(metrics))
@@ -228,6 +247,21 @@ class Trainer:
         log.close()
         plot_curves(self.out_dir / "log.jsonl")
         return metrics
+
+
+def _check_charge_spin(datasets: list[LoadedDataset], backbone) -> None:
+    """Fail at load time, naming the record, when a charge or multiplicity is outside the range
+    the backbone embeds (instead of mid-training)."""
+    emb = getattr(backbone, "embedding", None)
+    if emb is None:
+        return
+    for d in datasets:
+        for s in d.train + d.val:
+            if abs(round(s.charge)) > emb.max_charge or not 0 <= round(s.spin) <= emb.max_spin:
+                raise ValueError(
+                    f"{s.source}, record {s.index} (dataset {d.name}): charge {s.charge:g} / "
+                    f"multiplicity {s.spin:g} outside the model's range ±{emb.max_charge} / "
+                    f"0..{emb.max_spin} (backbone_kwargs max_charge, max_spin)")
 
 
 def _window_means(window: list[dict]) -> dict:
@@ -245,11 +279,12 @@ def _score(metrics: dict, datasets: list[LoadedDataset]) -> float:
     """Model selection score: mean over datasets of force MAE / force RMS (energy if no forces)."""
     vals = []
     for d in datasets:
-        m = metrics.get(d.name, {})
-        if "forces_mae_meV_A" in m:
-            vals.append(m["forces_mae_meV_A"] / 1000 / d.normalization.force_rms)
+        m, norm = metrics.get(d.name, {}), d.normalization
+        if "forces_mae_meV_A" in m and np.isfinite(norm.force_rms) and norm.force_rms > 1e-9:
+            vals.append(m["forces_mae_meV_A"] / 1000 / norm.force_rms)
         elif "energy_mae_meV_atom" in m:
-            vals.append(m["energy_mae_meV_atom"] / 1000 / max(d.normalization.energy_rms, 1e-9))
+            rms = norm.energy_rms if np.isfinite(norm.energy_rms) else 1.0
+            vals.append(m["energy_mae_meV_atom"] / 1000 / max(rms, 1e-9))
     return float(np.mean(vals)) if vals else float("inf")
 
 
