@@ -28,6 +28,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/train_step.py
 
 clean:
 	rm -rf $(DEMO_RUN) $(DEMO_DATA)
