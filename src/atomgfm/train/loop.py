@@ -245,6 +245,10 @@ class Trainer:
                 t0 = time.perf_counter()  # evaluation time is not training throughput
         bar.close()
         log.close()
+        if not metrics:  # nothing left to train (resumed at max_steps): report, do not retrain
+            print(f"[atomgfm] {self.out_dir} is already trained to step {self.step}; "
+                  "use --restart to start over or --max-steps to continue")
+            metrics = self.evaluate().compute()
         plot_curves(self.out_dir / "log.jsonl")
         return metrics
 
