@@ -60,3 +60,9 @@ def test_missing_data_file_names_it(tmp_path, capsys):
     path.write_text("data: {datasets: [{name: a, path: nope.extxyz}]}\n")
     assert main(["train", str(path)]) == 2
     assert "nope.extxyz" in capsys.readouterr().err
+
+
+def test_info_without_checkpoint_lists_the_registry(capsys):
+    assert main(["info"]) == 0
+    registry = json.loads(capsys.readouterr().out)
+    assert "painn" in registry["backbone"] and {"ase", "ase_db"} <= set(registry["reader"])

@@ -4,6 +4,7 @@
     atomgfm train configs/demo.yaml            # train (resumes from out_dir/last.pt)
     atomgfm evaluate runs/demo/best.pt         # per-dataset table + parity plots
     atomgfm info runs/demo/best.pt             # what a checkpoint holds
+    atomgfm info                               # registered backbones, heads, readers, ...
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ def _evaluate(args) -> int:
 
 def _info(args) -> int:
     from atomgfm.models.checkpoint import read_checkpoint
+    from atomgfm.registry import KINDS, names
+
+    if args.checkpoint is None:  # what this installation can build and read
+        print(json.dumps({kind: names(kind) for kind in KINDS}, indent=2))
+        return 0
 
     st = read_checkpoint(args.checkpoint)
     info = {"step": st.get("step"), "model": st["config"]["model"], "elements": st["elements"],
@@ -88,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.set_defaults(func=_evaluate)
 
-    i = sub.add_parser("info", help="print what a checkpoint holds")
-    i.add_argument("checkpoint")
+    i = sub.add_parser("info", help="what a checkpoint holds; without one, the registry")
+    i.add_argument("checkpoint", nargs="?")
     i.set_defaults(func=_info)
     return p
 

@@ -49,6 +49,7 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "painn"
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    head: str = "energy"  # registered head type, one instance per dataset
     head_hidden: int | None = None
 
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 from vesin import NeighborList
 
-from atomgfm.data.structure import Structure
 from atomgfm.registry import register
 
 
@@ -64,6 +63,3 @@ def count_isolated(edge_index: np.ndarray, n_atoms: int) -> int:
     """Atoms that are the centre of no edge (no neighbour within the cutoff)."""
     return int((np.bincount(edge_index[0], minlength=n_atoms) == 0).sum())
 
-
-def structure_neighbors(s: Structure, cutoff: float) -> Neighbors:
-    return neighbor_list(s.positions, s.cell, s.pbc, cutoff)

@@ -26,9 +26,11 @@ class MultiTaskModel(nn.Module):
         backbone: any registered backbone.
         datasets: dataset names in id order (id = position), from the dataset registry.
         head_hidden: hidden width of each head's MLP.
+        head_cls: the head type (registry kind "head"), one instance per dataset.
     """
 
-    def __init__(self, backbone: Backbone, datasets: list[str], head_hidden: int | None = None):
+    def __init__(self, backbone: Backbone, datasets: list[str], head_hidden: int | None = None,
+                 head_cls: type[EnergyHead] = EnergyHead):
         super().__init__()
         if not datasets:
             raise ValueError("a multi-task model needs at least one dataset")
@@ -37,7 +39,7 @@ class MultiTaskModel(nn.Module):
         self.backbone = backbone
         self.dataset_names = list(datasets)
         self.heads = nn.ModuleDict(
-            {name: EnergyHead(backbone.num_scalar_features, head_hidden) for name in datasets})
+            {name: head_cls(backbone.num_scalar_features, head_hidden) for name in datasets})
         self.gate_cutoff = CosineCutoff(backbone.cutoff)
 
     def isolation_gate(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

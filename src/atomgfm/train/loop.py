@@ -22,7 +22,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from atomgfm import keys as K
-from atomgfm.config.schema import Config, config_from_dict
+from atomgfm.config.schema import Config
 from atomgfm.data.graph import collate
 from atomgfm.data.mixing import MixedBatchSampler, mixing_probabilities, oversampling
 from atomgfm.data.sources import LoadedDataset, build_graphs, load_datasets
@@ -297,6 +297,3 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
 
-
-def config_of(state: dict) -> Config:
-    return config_from_dict(state["config"])
