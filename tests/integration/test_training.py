@@ -157,3 +157,22 @@ def test_calculator_recomputes_when_charge_changes(tmp_path, datasets):
     e0 = atoms.get_potential_energy()
     atoms.info["charge"] = 1
     assert atoms.get_potential_energy() != e0
+
+
+def test_nve_molecular_dynamics_conserves_energy(tmp_path, datasets):
+    from ase import units
+    from ase.md import velocitydistribution as vd
+    from ase.md.verlet import VelocityVerlet
+
+    from atomgfm import Calculator
+
+    Trainer(_cfg(tmp_path, 4), datasets).fit()
+    atoms = bulk("Cu", "fcc", a=3.7, cubic=True).repeat((2, 1, 1))
+    atoms.calc = Calculator(str(tmp_path / "best.pt"), head="bulk", precision="fp64")
+    thermalize = getattr(vd, "thermalize_momenta", vd.MaxwellBoltzmannDistribution)
+    thermalize(atoms, temperature_K=600, rng=np.random.default_rng(0))
+    e0 = atoms.get_total_energy()
+    VelocityVerlet(atoms, timestep=1.0 * units.fs, logfile=None).run(40)
+    drift = abs(atoms.get_total_energy() - e0) / len(atoms)
+    assert drift < 1e-3, f"NVE energy drift {drift:.2e} eV/atom over 40 fs"
+    assert atoms.get_kinetic_energy() > 0
