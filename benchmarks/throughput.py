@@ -123,12 +123,11 @@ def model_only(ff, batches, device, precision, stress, min_seconds) -> dict:
 
 
 def end_to_end(pred, atoms_list, device, batch_size, min_seconds) -> dict:
-    from atomgfm.data.mixing import packed_batches
-
     pred.predict([atoms_to_structure(a) for a in atoms_list[:batch_size]], head="bench",
                  stress=False)  # warm-up
     sizes = [len(a) for a in atoms_list]
-    per_pass = len(packed_batches(sizes, 2048, 256))  # Predictor.predict's default packing
+    graphs = [structure_to_graph(atoms_to_structure(a), pred.cutoff, 0) for a in atoms_list]
+    per_pass = len(pred.pack(graphs))  # the batches Predictor.predict runs
     passes = 0
     with Meter(device) as mem:
         t0 = time.perf_counter()

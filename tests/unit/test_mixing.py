@@ -88,3 +88,9 @@ def test_sampler_state_round_trip_gives_the_same_stream():
 def test_packed_batches_keep_order_and_limits():
     batches = packed_batches(np.array([5, 5, 5, 20, 1]), max_atoms=12, max_structures=2)
     assert batches == [[0, 1], [2], [3], [4]]
+
+
+def test_packed_batches_also_respect_an_edge_limit():
+    sizes, edges = np.array([10, 10, 10, 10]), np.array([500, 500, 50, 50])
+    assert packed_batches(sizes, 100, 10, edges, max_edges=600) == [[0], [1, 2, 3]]
+    assert packed_batches(sizes, 100, 10) == [[0, 1, 2, 3]]

@@ -117,15 +117,24 @@ class MixedBatchSampler:
         self.pending = tuple(state["pending"]) if state["pending"] is not None else None
 
 
-def packed_batches(sizes: np.ndarray, max_atoms: int, max_structures: int) -> list[list[int]]:
-    """Deterministic in-order packing of one dataset (for validation and prediction)."""
-    batches, current, atoms = [], [], 0
-    for i, n in enumerate(np.asarray(sizes, dtype=np.int64)):
-        if current and (atoms + n > max_atoms or len(current) >= max_structures):
+def packed_batches(sizes: np.ndarray, max_atoms: int, max_structures: int,
+                   edges: np.ndarray | None = None,
+                   max_edges: int | None = None) -> list[list[int]]:
+    """Deterministic in-order packing (validation, prediction): a batch closes before it would
+    exceed ``max_atoms`` atoms, ``max_structures`` structures or ``max_edges`` edges (when edge
+    counts are given). A structure larger than a limit forms a batch alone."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    edges = np.zeros_like(sizes) if edges is None else np.asarray(edges, dtype=np.int64)
+    edge_cap = max_edges if max_edges is not None else np.iinfo(np.int64).max
+    batches, current, atoms, n_edges = [], [], 0, 0
+    for i, (n, e) in enumerate(zip(sizes, edges, strict=True)):
+        if current and (atoms + n > max_atoms or len(current) >= max_structures
+                        or n_edges + e > edge_cap):
             batches.append(current)
-            current, atoms = [], 0
+            current, atoms, n_edges = [], 0, 0
         current.append(i)
         atoms += int(n)
+        n_edges += int(e)
     if current:
         batches.append(current)
     return batches

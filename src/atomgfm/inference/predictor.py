@@ -15,6 +15,13 @@ from atomgfm.models.checkpoint import load_model
 from atomgfm.models.derivatives import ForceField
 from atomgfm.train.precision import autocast, param_dtype, resolve_device
 
+# Batch limits per device type. CPU: measured on the 2-core VM (benchmarks/RESULTS.md): 108-atom
+# alloy cells at 5 Å (~4.4k edges each) ran ~3x faster in batches of 10-20k edges than in
+# 2048-atom ones (larger per-edge tensors leave the cache and every layer faults in fresh pages);
+# molecules (~7 edges per atom) peak at 512-1024 atoms. CUDA: not yet measured; large batches.
+BATCH_LIMITS = {"cpu": {"max_atoms": 1024, "max_edges": 16_000, "max_structures": 256},
+                "cuda": {"max_atoms": 16_384, "max_edges": 2_000_000, "max_structures": 4096}}
+
 
 class Predictor:
     """Evaluates a trained force field on ``Structure`` records in size-packed batches.
@@ -65,13 +72,21 @@ class Predictor:
                              f"{[chemical_symbols[z] for z in unknown]} not in the training "
                              f"elements of head {head!r} {known}")
 
+    def pack(self, graphs: list[dict], **limits) -> list[list[int]]:
+        """Index lists of the batches ``predict`` runs: in order, within the device's
+        ``BATCH_LIMITS`` (overridable: max_atoms, max_edges, max_structures)."""
+        lim = {**BATCH_LIMITS.get(self.device.type, BATCH_LIMITS["cpu"]), **limits}
+        return packed_batches([len(g[K.ATOMIC_NUMBERS]) for g in graphs], lim["max_atoms"],
+                              lim["max_structures"], [g[K.EDGE_INDEX].shape[1] for g in graphs],
+                              lim["max_edges"])
+
     def predict(self, structures: list[Structure], head: str | None = None, forces: bool = True,
-                stress: bool | None = None, max_atoms: int = 2048,
-                max_structures: int = 256) -> list[dict[str, np.ndarray | float]]:
+                stress: bool | None = None, **limits) -> list[dict[str, np.ndarray | float]]:
         """Predict each structure with ``head`` (default: the structure's own ``dataset``).
 
         Returns one dict per structure: energy (eV), forces (n, 3) eV/Å, stress (3, 3) eV/Å³
-        (for fully periodic structures when ``stress`` is None or True).
+        (for fully periodic structures when ``stress`` is None or True). ``limits`` override
+        the batch limits (max_atoms, max_edges, max_structures).
         """
         graphs = []
         for s in structures:
@@ -80,8 +95,7 @@ class Predictor:
             self.check(s, name)
             graphs.append(structure_to_graph(s, self.cutoff, ds_id))
         results: list[dict] = [{} for _ in structures]
-        sizes = np.array([s.n_atoms for s in structures])
-        for idx in packed_batches(sizes, max_atoms, max_structures):
+        for idx in self.pack(graphs, **limits):
             batch = collate([graphs[i] for i in idx], self.dtype, self.device)
             want_stress = bool(batch[K.PBC].all(1).any()) if stress is None else stress
             with autocast(self.precision, self.device):
