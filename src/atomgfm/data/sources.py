@@ -39,6 +39,12 @@ class LoadedDataset:
     def name(self) -> str:
         return self.config.name
 
+    def split(self, which: str) -> list[Structure]:
+        """The ``"train"`` or ``"val"`` records."""
+        if which not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {which!r}")
+        return self.train if which == "train" else self.val
+
     def registry_entry(self) -> dict:
         labels = {
             "energy": any(s.energy is not None for s in self.train),

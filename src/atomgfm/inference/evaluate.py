@@ -35,7 +35,7 @@ def evaluate_graphs(model, graph_sets: list[GraphSet], names: list[str], *, prec
 
 def baseline_metrics(d: LoadedDataset, split: str = "val") -> dict[str, float]:
     """Errors of the reference baseline: E = Σ e_Z + charge/spin state energies, F = 0, σ = 0."""
-    structures = d.val if split == "val" else d.train
+    structures = d.split(split)
     e = [abs(s.energy - d.normalization.reference_energy(s)) / s.n_atoms for s in structures
          if s.energy is not None]
     f = [np.abs(s.forces).ravel() for s in structures if s.forces is not None]
@@ -52,7 +52,7 @@ def baseline_metrics(d: LoadedDataset, split: str = "val") -> dict[str, float]:
 
 def force_std(d: LoadedDataset, split: str = "val") -> float:
     """Standard deviation of force components (eV/Å) of a split."""
-    structures = d.val if split == "val" else d.train
+    structures = d.split(split)
     f = [s.forces.ravel() for s in structures if s.forces is not None]
     return float(np.std(np.concatenate(f))) if f else float("nan")
 
@@ -74,7 +74,7 @@ def metrics_table(datasets: list[LoadedDataset], metrics: dict, split: str = "va
         fstd = 1000 * force_std(d, split)
         ratio = (f"{m['forces_mae_meV_A'] / fstd:.3f}" if "forces_mae_meV_A" in m and fstd > 0
                  else "–")
-        n = len(d.val if split == "val" else d.train)
+        n = len(d.split(split))
         lines.append(f"| {d.name} | {d.config.level_of_theory or '?'} | {n} | "
                      + " | ".join(cells) + f" | {fstd:.0f} | {ratio} |")
     return "\n".join(lines)
@@ -105,7 +105,7 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = Non
     precision = cfg.train.precision
     model = model.to(dev, param_dtype(precision))
     cutoff = model.model.backbone.cutoff
-    sets = [build_graphs(d.val if split == "val" else d.train, cutoff, stored[d.name]["id"],
+    sets = [build_graphs(d.split(split), cutoff, stored[d.name]["id"],
                          progress=False) for d in datasets]
     acc = evaluate_graphs(model, sets, names, precision=precision, device=dev,
                           dtype=param_dtype(precision), keep_values=True)

@@ -36,6 +36,14 @@ class MetricAccumulator:
         has_f = np.repeat(batch[K.HAS_FORCES].cpu().numpy(), n)
         offset = (out[K.REFERENCE_ENERGY].detach().double().cpu().numpy()
                   if K.REFERENCE_ENERGY in out else np.zeros_like(e_true))
+        # One device-to-host copy per batch, not one per dataset.
+        if K.FORCES in out:
+            f_pred = out[K.FORCES].detach().double().cpu().numpy()
+            f_true = batch[K.FORCES].double().cpu().numpy()
+        if K.STRESS in out:
+            s_pred = out[K.STRESS].detach().double().cpu().numpy()
+            s_true = batch[K.STRESS].double().cpu().numpy()
+            has_s = batch[K.HAS_STRESS].cpu().numpy()
         for k, name in enumerate(self.names):
             m = (ds == k) & has_e
             if m.any():
@@ -45,14 +53,12 @@ class MetricAccumulator:
             if K.FORCES in out:
                 ma = (atom_ds == k) & has_f
                 if ma.any():
-                    fp = out[K.FORCES].detach().double().cpu().numpy()[ma].ravel()
-                    ft = batch[K.FORCES].double().cpu().numpy()[ma].ravel()
+                    fp, ft = f_pred[ma].ravel(), f_true[ma].ravel()
                     self._add(name, "forces", np.abs(fp - ft), ft, fp)
             if K.STRESS in out:
-                ms = (ds == k) & batch[K.HAS_STRESS].cpu().numpy()
+                ms = (ds == k) & has_s
                 if ms.any():
-                    sp = out[K.STRESS].detach().double().cpu().numpy()[ms].ravel()
-                    st = batch[K.STRESS].double().cpu().numpy()[ms].ravel()
+                    sp, st = s_pred[ms].ravel(), s_true[ms].ravel()
                     self._add(name, "stress", np.abs(sp - st), st, sp)
 
     def _add(self, name, quantity, abs_err, true, pred):
