@@ -43,7 +43,7 @@ from atomgfm.calculators.ase_calculator import atoms_to_structure
 from atomgfm.data.graph import collate, structure_to_graph
 from atomgfm.inference.predictor import Predictor
 from atomgfm.models.build import build_model
-from atomgfm.train.precision import autocast, param_dtype, resolve_device
+from atomgfm.precision import autocast, param_dtype, resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_WORKLOAD = Path(__file__).resolve().parents[2] / "shared" / "workload.py"

@@ -4,7 +4,7 @@ Run once (takes minutes) and commit the result::
 
     python scripts/make_dft_set.py [--n 80] [--seed 1234] [--threads N]
 
-Writes ``src/atomgfm/data/demo_files/mol_pbe_svp.extxyz``. Closed shells use RKS, open shells UKS.
+Writes ``src/atomgfm/demo/files/mol_pbe_svp.extxyz``. Closed shells use RKS, open shells UKS.
 Energies are converted from Hartree to eV and gradients from Hartree/Bohr to forces in eV/Å.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 from ase import units
 from ase.io import write
 
-from atomgfm.data.demo_molecules import (
+from atomgfm.demo.molecules import (
     attach_labels,
     molecule_pool,
     random_geometry,
@@ -27,7 +27,7 @@ from atomgfm.data.demo_molecules import (
     species_catalogue,
 )
 
-OUT = Path(__file__).resolve().parents[1] / "src/atomgfm/data/demo_files/mol_pbe_svp.extxyz"
+OUT = Path(__file__).resolve().parents[1] / "src/atomgfm/demo/files/mol_pbe_svp.extxyz"
 ELEMENTS = frozenset({"H", "C", "N", "O", "F"})
 FRACTIONS = {"radical": 0.12, "cation": 0.08, "anion": 0.08}
 

@@ -8,7 +8,7 @@ import yaml
 from ase.io import read
 
 pytest.importorskip("tblite")
-from atomgfm.data.demo import DATASETS, generate_demo  # noqa: E402
+from atomgfm.demo.corpus import DATASETS, generate_demo  # noqa: E402
 
 SCALE = 0.01
 

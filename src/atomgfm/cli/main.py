@@ -16,7 +16,7 @@ import sys
 
 def _data(args) -> int:
     if args.what == "demo":
-        from atomgfm.data.demo import generate_demo
+        from atomgfm.demo.corpus import generate_demo
 
         specs = generate_demo(args.out, seed=args.seed, scale=args.scale)
         for s in specs:

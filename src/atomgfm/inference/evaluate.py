@@ -14,8 +14,8 @@ from atomgfm import keys as K
 from atomgfm.data.graph import collate
 from atomgfm.data.mixing import packed_batches
 from atomgfm.data.sources import GraphSet, LoadedDataset, build_graphs, load_datasets
-from atomgfm.train.metrics import MetricAccumulator
-from atomgfm.train.precision import autocast, param_dtype, resolve_device
+from atomgfm.inference.metrics import MetricAccumulator
+from atomgfm.precision import autocast, param_dtype, resolve_device
 
 
 def evaluate_graphs(model, graph_sets: list[GraphSet], names: list[str], *, precision: str,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from atomgfm.train.metrics import MetricAccumulator
+from atomgfm.inference.metrics import MetricAccumulator
 
 _QUANTITIES = (("energy", "(E − E_ref) per atom (eV/atom)"), ("forces", "force component (eV/Å)"),
                ("stress", "stress component (eV/Å³)"))

@@ -13,7 +13,7 @@ from atomgfm.data.mixing import packed_batches
 from atomgfm.data.structure import Structure
 from atomgfm.models.checkpoint import load_model
 from atomgfm.models.derivatives import ForceField
-from atomgfm.train.precision import autocast, param_dtype, resolve_device
+from atomgfm.precision import autocast, param_dtype, resolve_device
 
 # Batch limits per device type. CPU: measured on the 2-core VM (benchmarks/RESULTS.md): 108-atom
 # alloy cells at 5 Å (~4.4k edges each) ran ~3x faster in batches of 10-20k edges than in

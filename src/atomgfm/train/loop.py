@@ -32,9 +32,9 @@ from atomgfm.models.checkpoint import read_checkpoint, save_checkpoint
 from atomgfm.telemetry.curves import plot_curves
 from atomgfm.telemetry.timers import PhaseTimer
 from atomgfm.train.losses import multitask_loss
-from atomgfm.train.metrics import MetricAccumulator
+from atomgfm.inference.metrics import MetricAccumulator
 from atomgfm.train.optim import build_optimizer
-from atomgfm.train.precision import autocast, param_dtype, resolve_device
+from atomgfm.precision import autocast, param_dtype, resolve_device
 
 
 def elements_of(datasets: list[LoadedDataset]) -> list[int]:

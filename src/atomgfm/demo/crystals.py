@@ -6,7 +6,7 @@ import numpy as np
 from ase import Atoms
 from ase.build import bulk
 
-from atomgfm.data.demo_molecules import snap_positions
+from atomgfm.demo.molecules import snap_positions
 
 # fcc lattice constants (Å) of the EMT elements; bcc cells use the same volume per atom
 EMT_FCC_A = {"Al": 4.05, "Cu": 3.61, "Ag": 4.09, "Au": 4.08, "Ni": 3.52, "Pd": 3.89, "Pt": 3.92}

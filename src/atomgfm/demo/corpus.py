@@ -30,8 +30,8 @@ from ase.calculators.calculator import CalculationFailed
 from ase.io import read, write
 from tqdm.auto import tqdm
 
-from atomgfm.data.demo_crystals import random_alloy, random_inorganic
-from atomgfm.data.demo_molecules import (
+from atomgfm.demo.crystals import random_alloy, random_inorganic
+from atomgfm.demo.molecules import (
     Species,
     attach_labels,
     molecule_pool,
@@ -40,7 +40,7 @@ from atomgfm.data.demo_molecules import (
     species_catalogue,
 )
 
-DEMO_FILES = Path(__file__).resolve().parent / "demo_files"
+DEMO_FILES = Path(__file__).resolve().parent / "files"
 DFT_FILE = "mol_pbe_svp.extxyz"
 # name -> (structures at scale 1, level of theory, periodic)
 DATASETS = {
