@@ -54,6 +54,9 @@ class LoadedDataset:
         return {"name": self.name, "id": self.id,
                 "level_of_theory": self.config.level_of_theory, "labels": labels,
                 "elements": sorted({int(z) for s in self.train for z in s.numbers}),
+                # (total charge, multiplicity) pairs of the training split, for "never trained
+                # on this state" warnings at prediction time.
+                "states": sorted({(int(round(s.charge)), int(round(s.spin))) for s in self.train}),
                 "normalization": self.normalization.to_dict(), "provenance": self.provenance,
                 "n_train": len(self.train), "n_val": len(self.val),
                 "weights": {"energy": self.config.energy_weight,
