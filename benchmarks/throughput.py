@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for wl in args.workloads.split(","):
             atoms_list = getattr(workload, wl)(sizes[wl])
             ff = build_model(cfg, ["bench"]).to(device, dtype).eval()
-            cutoff = ff.model.backbone.cutoff
+            cutoff = ff.cutoff
             graphs = [structure_to_graph(atoms_to_structure(a), cutoff) for a in atoms_list]
             batches = [collate(graphs[i:i + args.batch_size], dtype, device)
                        for i in range(0, len(graphs), args.batch_size)]

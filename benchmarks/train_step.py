@@ -42,7 +42,7 @@ def main() -> None:
         cfg.train.precision, cfg.train.device, cfg.train.progress = precision, args.device, False
         with tempfile.TemporaryDirectory() as tmp:
             cfg.train.out_dir = tmp
-            trainer = Trainer(cfg, datasets, resume=False)
+            trainer = Trainer.from_config(cfg, datasets, resume=False)
             for _ in range(args.warmup):
                 trainer.train_step()
             trainer.timer.summary(reset=True)

@@ -22,6 +22,9 @@ BATCH = "batch"  # (n_atoms,) int64 | structure index of each atom | -
 EDGE_INDEX = "edge_index"  # (2, n_edges) int64 | row 0 centre atom i, row 1 neighbour j | -
 # (n_edges, 3) float | integer lattice shifts S, with r_ij = R_j - R_i + S·cell | -
 CELL_SHIFTS = "cell_shifts"
+# (2, n_triplets) int64 | pairs of edges (k→j, j→i) meeting at atom j: row 0 the edge k→j (as an
+# index into EDGE_INDEX), row 1 the edge j→i | -   (built only for backbones that ask for angles)
+TRIPLET_INDEX = "triplet_index"
 
 # --- labels (targets) and their presence masks --------------------------------------------
 ENERGY = "energy"  # (n_structs,) float | total energy | eV
@@ -37,9 +40,20 @@ ATOM_ENERGY = "atom_energy"  # (n_atoms,) float | per-atom energy incl. element 
 REFERENCE_ENERGY = "reference_energy"
 NODE_SCALARS = "node_scalars"  # (n_atoms, F) float | invariant node features from the backbone | -
 NODE_VECTORS = "node_vectors"  # (n_atoms, 3, F) float | equivariant vector features | -
+# (n_atoms,) float | isolation gate 1 - exp(-Σ_j f_cut(r_ij)): 0 for an atom without neighbours | -
+GATE = "gate"
+# (n_structs, n_heads) float64 | energy of every chosen head (multi-head readout) | eV
+HEAD_ENERGY = "head_energy"
+# (n_atoms, 3, n_heads) float | forces of every chosen head (multi-head readout) | eV/Å
+HEAD_FORCES = "head_forces"
 
 PER_ATOM = frozenset({POSITIONS, ATOMIC_NUMBERS, BATCH, FORCES})
-PER_EDGE = frozenset({CELL_SHIFTS})  # EDGE_INDEX is special: it is offset by atom counts
+PER_EDGE = frozenset({CELL_SHIFTS})
+PER_TRIPLET: frozenset[str] = frozenset()
+# Index fields, (2, n) int64 each: collation concatenates them along the last axis and offsets
+# them by the running count of what they index, which is the last-axis length of the named field
+# (atoms: ATOMIC_NUMBERS; edges: EDGE_INDEX; triplets: TRIPLET_INDEX).
+INDEX_FIELDS = {EDGE_INDEX: ATOMIC_NUMBERS, TRIPLET_INDEX: EDGE_INDEX}
 PER_STRUCTURE = frozenset(
     {CELL, PBC, CHARGE, SPIN, N_ATOMS, DATASET, ENERGY, STRESS, HAS_ENERGY, HAS_FORCES, HAS_STRESS}
 )

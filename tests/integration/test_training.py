@@ -29,7 +29,7 @@ def datasets():
 
 
 def test_training_reduces_the_loss(tmp_path, datasets):
-    trainer = Trainer(_cfg(tmp_path, 1), datasets)
+    trainer = Trainer.from_config(_cfg(tmp_path, 1), datasets)
     first = [trainer.train_step()["loss"] for _ in range(3)]
     for _ in range(25):
         last = trainer.train_step()["loss"]
@@ -37,11 +37,11 @@ def test_training_reduces_the_loss(tmp_path, datasets):
 
 
 def test_resume_is_exact(tmp_path, datasets):
-    straight = Trainer(_cfg(tmp_path / "a", 8), datasets)
+    straight = Trainer.from_config(_cfg(tmp_path / "a", 8), datasets)
     straight.fit()
-    first = Trainer(_cfg(tmp_path / "b", 8), datasets)
+    first = Trainer.from_config(_cfg(tmp_path / "b", 8), datasets)
     first.fit(stop_at=4)  # as if the job were killed after its step-4 checkpoint
-    resumed = Trainer(_cfg(tmp_path / "b", 8), datasets)
+    resumed = Trainer.from_config(_cfg(tmp_path / "b", 8), datasets)
     assert resumed.step == 4
     resumed.fit()
     for (name, p), q in zip(straight.model.state_dict().items(),
@@ -52,7 +52,7 @@ def test_resume_is_exact(tmp_path, datasets):
 
 
 def test_checkpoint_is_self_describing(tmp_path, datasets):
-    trainer = Trainer(_cfg(tmp_path, 4), datasets)
+    trainer = Trainer.from_config(_cfg(tmp_path, 4), datasets)
     trainer.fit()
     state = read_checkpoint(tmp_path / "best.pt")
     assert [d["name"] for d in state["datasets"]] == ["bulk", "clusters"]
@@ -60,7 +60,7 @@ def test_checkpoint_is_self_describing(tmp_path, datasets):
                                         for s in d.train + d.val for z in s.numbers})
     model, _ = load_model(tmp_path / "best.pt")
     ref = np.asarray(state["datasets"][0]["normalization"]["element_energy"])
-    np.testing.assert_array_equal(model.model.heads["bulk"].element_energy.numpy(), ref)
+    np.testing.assert_array_equal(model.heads["bulk"].element_energy.numpy(), ref)
     assert (tmp_path / "config.yaml").exists() and (tmp_path / "log.jsonl").exists()
 
 
@@ -69,7 +69,7 @@ def test_calculator_matches_predictor_and_gives_stress(tmp_path, datasets):
     from atomgfm.calculators.ase_calculator import atoms_to_structure
     from atomgfm.inference.predictor import Predictor
 
-    Trainer(_cfg(tmp_path, 2), datasets).fit()
+    Trainer.from_config(_cfg(tmp_path, 2), datasets).fit()
     atoms = bulk("Cu", "fcc", a=3.7, cubic=True)
     atoms.rattle(0.05, seed=0)
     atoms.calc = Calculator(str(tmp_path / "best.pt"), head="bulk")
@@ -89,7 +89,7 @@ def test_predictor_rejects_unseen_elements(tmp_path, datasets):
     from atomgfm.data.structure import Structure
     from atomgfm.inference.predictor import Predictor
 
-    Trainer(_cfg(tmp_path, 1), datasets).fit()
+    Trainer.from_config(_cfg(tmp_path, 1), datasets).fit()
     pred = Predictor.from_checkpoint(tmp_path / "last.pt", device="cpu")
     with pytest.raises(ValueError, match=r"record 0: element\(s\) \['U'\] not in the training "
                                          r"elements of head 'bulk'"):
@@ -98,10 +98,10 @@ def test_predictor_rejects_unseen_elements(tmp_path, datasets):
 
 @pytest.mark.parametrize("precision", ["fp64", "bf16"])
 def test_other_precisions_train_and_reload(tmp_path, datasets, precision):
-    trainer = Trainer(_cfg(tmp_path, 2, precision=precision), datasets)
+    trainer = Trainer.from_config(_cfg(tmp_path, 2, precision=precision), datasets)
     expected = torch.float64 if precision == "fp64" else torch.float32
     assert next(trainer.model.parameters()).dtype == expected
-    assert trainer.model.model.heads["bulk"].element_energy.dtype == torch.float64
+    assert trainer.model.heads["bulk"].element_energy.dtype == torch.float64
     metrics = trainer.fit()
     assert np.isfinite(metrics["bulk"]["forces_mae_meV_A"])
     model, _ = load_model(tmp_path / "best.pt")
@@ -113,7 +113,7 @@ def test_relaxation_with_the_calculator_lowers_the_energy(tmp_path, datasets):
 
     from atomgfm import Calculator
 
-    Trainer(_cfg(tmp_path, 4), datasets).fit()
+    Trainer.from_config(_cfg(tmp_path, 4), datasets).fit()
     atoms = bulk("Cu", "fcc", a=3.7, cubic=True)
     atoms.rattle(0.1, seed=3)
     atoms.calc = Calculator(str(tmp_path / "best.pt"), head="bulk", precision="fp64")
@@ -124,10 +124,10 @@ def test_relaxation_with_the_calculator_lowers_the_energy(tmp_path, datasets):
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
 def test_non_finite_batch_is_skipped_not_applied(tmp_path, datasets):
-    trainer = Trainer(_cfg(tmp_path, 4), datasets)
+    trainer = Trainer.from_config(_cfg(tmp_path, 4), datasets)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    trainer.train_sets[0].graphs[0]["energy"] = np.array([np.nan])  # a corrupted label
-    trainer.sampler.pending = (0, 0)  # make it the next batch's first structure
+    d, i = trainer.sampler.peek()  # the next batch's first structure
+    trainer.train_sets[d].graphs[i]["energy"] = np.array([np.nan])  # a corrupted label
     rec = trainer.train_step()
     assert rec["skipped_steps"] == 1
     for k, v in trainer.model.state_dict().items():
@@ -137,10 +137,10 @@ def test_non_finite_batch_is_skipped_not_applied(tmp_path, datasets):
 def test_resume_keeps_one_log_record_per_step(tmp_path, datasets):
     import json
 
-    Trainer(_cfg(tmp_path, 8), datasets).fit(stop_at=4)
+    Trainer.from_config(_cfg(tmp_path, 8), datasets).fit(stop_at=4)
     with open(tmp_path / "log.jsonl", "a") as f:  # what a run killed after step 4 had written
         f.write(json.dumps({"kind": "train", "step": 6, "loss": 1.0}) + "\n")
-    Trainer(_cfg(tmp_path, 8), datasets).fit()
+    Trainer.from_config(_cfg(tmp_path, 8), datasets).fit()
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in records if r["kind"] == "train"]
     assert steps == sorted(set(steps)) and steps[-1] == 8
@@ -149,11 +149,11 @@ def test_resume_keeps_one_log_record_per_step(tmp_path, datasets):
 def test_calculator_recomputes_when_charge_changes(tmp_path, datasets):
     from atomgfm import Calculator
 
-    Trainer(_cfg(tmp_path, 1), datasets).fit()
+    Trainer.from_config(_cfg(tmp_path, 1), datasets).fit()
     atoms = bulk("Cu", "fcc", a=3.7, cubic=True)
     atoms.calc = Calculator(str(tmp_path / "last.pt"), head="bulk")
     with torch.no_grad():
-        atoms.calc.predictor.model.model.backbone.embedding.charge.weight.normal_()
+        atoms.calc.predictor.model.backbone.embedding.charge.weight.normal_()
     e0 = atoms.get_potential_energy()
     atoms.info["charge"] = 1
     assert atoms.get_potential_energy() != e0
@@ -166,7 +166,7 @@ def test_nve_molecular_dynamics_conserves_energy(tmp_path, datasets):
 
     from atomgfm import Calculator
 
-    Trainer(_cfg(tmp_path, 4), datasets).fit()
+    Trainer.from_config(_cfg(tmp_path, 4), datasets).fit()
     atoms = bulk("Cu", "fcc", a=3.7, cubic=True).repeat((2, 1, 1))
     atoms.calc = Calculator(str(tmp_path / "best.pt"), head="bulk", precision="fp64")
     thermalize = getattr(vd, "thermalize_momenta", vd.MaxwellBoltzmannDistribution)

@@ -26,10 +26,10 @@ def ff(request):
     model = build_model({"backbone": request.param, "backbone_kwargs": TINY[request.param]},
                         ["alloy", "mol"]).double()
     rng = np.random.default_rng(0)
-    for head in model.model.heads.values():
+    for head in model.heads.values():
         head.set_normalization(rng.normal(0, 1, head.element_energy.shape), 0.7)
     with torch.no_grad():  # non-zero charge/spin embeddings so those paths are exercised too
-        emb = model.model.backbone.embedding
+        emb = model.backbone.embedding
         emb.charge.weight.normal_(0, 0.3)
         emb.spin.weight.normal_(0, 0.3)
     return model.eval()
@@ -88,13 +88,13 @@ def test_isolated_atoms_get_their_reference_energy(ff):
     # Two atoms 10 Å apart (cutoff 4 Å): no neighbours, energy = sum of element references.
     s = Structure([29, 79], [[0, 0, 0], [10, 0, 0]])
     out = physics.evaluate(ff, [s], [0])
-    ref = ff.model.heads["alloy"].element_energy.numpy()
+    ref = ff.heads["alloy"].element_energy.numpy()
     assert out[K.ENERGY][0] == pytest.approx(ref[29] + ref[79], abs=1e-12)
     np.testing.assert_allclose(out[K.FORCES], 0.0, atol=1e-12)
 
 
 def test_energy_is_continuous_at_the_cutoff(ff):
-    cutoff = ff.model.backbone.cutoff
+    cutoff = ff.cutoff
     e = [physics.evaluate(ff, [Structure([29, 29], [[0, 0, 0], [r, 0, 0]])])[K.ENERGY][0]
          for r in (cutoff - 1e-4, cutoff + 1e-4)]
     assert abs(e[0] - e[1]) < 1e-6
@@ -111,7 +111,7 @@ def test_charge_and_spin_change_the_energy(ff, radical):
 def test_state_energies_shift_energy_not_forces(radical):
     torch.manual_seed(0)
     ff = build_model({"backbone_kwargs": TINY["painn"]}, ["mol"]).double().eval()
-    ff.model.heads["mol"].set_normalization(np.zeros(119), 1.0, state_energy=[2.0, -1.0, 0.5])
+    ff.heads["mol"].set_normalization(np.zeros(119), 1.0, state_energy=[2.0, -1.0, 0.5])
     # Charge/spin embeddings start at zero, so only the fitted state energies see charge/spin.
     closed = Structure(radical.numbers, radical.positions, charge=0, spin=1)
     cation = Structure(radical.numbers, radical.positions, charge=1, spin=2)

@@ -83,3 +83,30 @@ def test_overlapping_atoms_are_an_error_naming_the_record():
     s = Structure([1, 1, 8], [[0, 0, 0], [0.01, 0, 0], [1, 0, 0]], source="bad.xyz", index=7)
     with pytest.raises(StructureError, match=r"bad.xyz, record 7: atoms 0 and 1 are 0.01 Å apart"):
         structure_to_graph(s, 3.0)
+
+
+def _with_triplets(g: dict) -> dict:
+    """All (k→j, j→i) edge pairs meeting at j, k ≠ i: the DimeNet triplets of one graph."""
+    i, j = g[K.EDGE_INDEX]
+    pairs = [(e_kj, e_ji) for e_ji in range(len(i)) for e_kj in range(len(i))
+             if j[e_kj] == i[e_ji] and e_kj != e_ji and i[e_kj] != j[e_ji]]
+    g = dict(g)
+    g[K.TRIPLET_INDEX] = np.array(pairs, dtype=np.int64).reshape(-1, 2).T
+    return g
+
+
+def test_collate_offsets_every_declared_index_field():
+    """Edges are offset by atoms, triplets by edges: after collation, every triplet of the
+    second graph still joins two edges that meet at one atom of the second graph."""
+    water, ammonia = molecule("H2O"), molecule("NH3")
+    g1 = _with_triplets(structure_to_graph(Structure(water.numbers, water.positions), 2.0))
+    g2 = _with_triplets(structure_to_graph(Structure(ammonia.numbers, ammonia.positions), 2.0))
+    b = collate([g1, g2])
+    e1, t1 = g1[K.EDGE_INDEX].shape[1], g1[K.TRIPLET_INDEX].shape[1]
+    np.testing.assert_array_equal(b[K.TRIPLET_INDEX][:, :t1].numpy(), g1[K.TRIPLET_INDEX])
+    np.testing.assert_array_equal(b[K.TRIPLET_INDEX][:, t1:].numpy(), g2[K.TRIPLET_INDEX] + e1)
+    edges = b[K.EDGE_INDEX]
+    kj, ji = b[K.TRIPLET_INDEX]
+    assert torch.equal(edges[1, kj], edges[0, ji])  # the shared atom j
+    assert b[K.TRIPLET_INDEX].dtype == torch.long
+    assert (edges[:, kj[t1:]] >= 3).all()  # ammonia's triplets use ammonia's atoms (3..6)

@@ -5,6 +5,7 @@ import pytest
 
 from atomgfm.data.mixing import (
     MixedBatchSampler,
+    epoch_counts,
     mixing_probabilities,
     oversampling,
     packed_batches,
@@ -40,15 +41,54 @@ def test_bad_mixing_inputs_are_errors():
         mixing_probabilities({"a": 0}, "balanced")
 
 
-def test_sampler_draws_with_the_requested_probabilities():
-    sizes = [np.full(900, 4), np.full(10, 4)]
+def test_sampler_draws_each_dataset_exactly_its_share_per_epoch():
+    sizes = [np.full(900, 4), np.full(10, 4)]  # 910 draws per epoch, half from the small set
     sampler = MixedBatchSampler(sizes, [0.5, 0.5], max_atoms=40, max_structures=10, seed=1)
-    counts = np.zeros(2)
-    for _ in range(400):
-        for d, _i in sampler.next_batch():
-            counts[d] += 1
-    frac = counts[1] / counts.sum()
-    assert abs(frac - 0.5) < 0.03  # 4000 draws: 3 sigma is ~0.024
+    drawn = []
+    while len(drawn) < 910:
+        drawn += sampler.next_batch()
+    counts = np.bincount([d for d, _ in drawn[:910]], minlength=2)
+    assert counts.tolist() == [455, 455]
+    small = sorted(i for d, i in drawn[:910] if d == 1)  # 45.5 passes over 10 records
+    assert sorted(np.bincount(small).tolist()) == [45] * 5 + [46] * 5
+
+
+def test_epoch_counts_round_to_the_epoch_length():
+    counts = epoch_counts([900, 10, 3], np.array([0.6, 0.399, 0.001]), 913)
+    assert counts.sum() == 913 and counts.tolist() == [548, 364, 1]
+
+
+def test_ranks_split_each_epoch_without_overlap():
+    sizes = [np.full(30, 2), np.full(7, 3)]
+    probs = [0.6, 0.4]
+    full = MixedBatchSampler(sizes, probs, max_atoms=6, max_structures=3, seed=5)
+    epoch = [tuple(x) for x in full.epoch_items(0).tolist()]
+    shares = []
+    for rank in range(3):
+        s = MixedBatchSampler(sizes, probs, max_atoms=6, max_structures=3, seed=5, rank=rank,
+                              world_size=3)
+        got = []
+        while s.epoch == 0:
+            got += s.next_batch()
+        shares.append(got[: len(range(rank, len(epoch), 3))])
+    for rank, share in enumerate(shares):
+        assert share == epoch[rank::3]  # each rank's draws, in order, with no overlap
+    assert sorted(x for sh in shares for x in sh) == sorted(epoch)
+
+
+def test_sampler_state_is_seed_epoch_and_cursor():
+    s = MixedBatchSampler([np.full(1000, 5)], [1.0], max_atoms=50, max_structures=10, seed=2)
+    for _ in range(150):
+        s.next_batch()
+    assert s.state_dict() == {"seed": 2, "epoch": 1, "cursor": 500, "rank": 0, "world_size": 1,
+                              "epoch_length": 1000}
+
+
+def test_resume_with_another_world_size_is_refused():
+    a = MixedBatchSampler([np.full(10, 1)], [1.0], seed=0, rank=0, world_size=2)
+    b = MixedBatchSampler([np.full(10, 1)], [1.0], seed=0)
+    with pytest.raises(ValueError, match=r"written by 2 rank\(s\).*this run has 1 rank"):
+        b.load_state_dict(a.state_dict())
 
 
 def test_sampler_visits_every_record_before_repeating():

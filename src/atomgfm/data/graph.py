@@ -1,8 +1,9 @@
 """Graphs per structure and their collation into the batch dict of ``keys.py``.
 
 A graph is a plain ``dict[str, np.ndarray]`` with the same keys as a batch, for one structure.
-Collation concatenates per-atom and per-edge fields, stacks per-structure fields, and offsets the
-edge index; which field is which comes from the key sets in ``keys.py`` only.
+Collation concatenates per-atom, per-edge and per-triplet fields, stacks per-structure fields, and
+offsets every index field (edges into atoms, triplets into edges); which field is which comes from
+the key sets in ``keys.py`` only.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from atomgfm.data.structure import Structure, StructureError
 
 MIN_DISTANCE = 0.1  # Å; closer pairs are overlapping atoms (a broken record), not chemistry
 
-_INT_KEYS = frozenset({K.ATOMIC_NUMBERS, K.BATCH, K.N_ATOMS, K.DATASET, K.EDGE_INDEX})
+_INT_KEYS = frozenset({K.ATOMIC_NUMBERS, K.BATCH, K.N_ATOMS, K.DATASET, *K.INDEX_FIELDS})
 _BOOL_KEYS = frozenset({K.PBC, K.HAS_ENERGY, K.HAS_FORCES, K.HAS_STRESS})
 
 
@@ -59,15 +60,17 @@ def collate(graphs: list[dict[str, np.ndarray]], dtype: torch.dtype = torch.floa
         raise ValueError("cannot collate an empty list of graphs")
     batch: dict[str, np.ndarray] = {}
     for key in graphs[0]:
-        if key == K.EDGE_INDEX:
-            offsets = np.cumsum([0] + [len(g[K.ATOMIC_NUMBERS]) for g in graphs[:-1]])
+        if key in K.INDEX_FIELDS:
+            counted = K.INDEX_FIELDS[key]
+            offsets = np.cumsum([0] + [g[counted].shape[-1] for g in graphs[:-1]])
             batch[key] = np.concatenate(
                 [g[key] + off for g, off in zip(graphs, offsets, strict=True)], axis=1)
-        elif key in K.PER_ATOM or key in K.PER_EDGE or key in K.PER_STRUCTURE:
+        elif (key in K.PER_ATOM or key in K.PER_EDGE or key in K.PER_TRIPLET
+              or key in K.PER_STRUCTURE):
             batch[key] = np.concatenate([g[key] for g in graphs], axis=0)
         else:
-            raise KeyError(f"field {key!r} is not declared in keys.py's per-atom/edge/structure "
-                           "sets")
+            raise KeyError(f"field {key!r} is not declared in keys.py's index or per-atom/edge/"
+                           "triplet/structure sets")
     n_atoms = batch[K.N_ATOMS]
     batch[K.BATCH] = np.repeat(np.arange(len(graphs)), n_atoms)
     out = {}

@@ -52,54 +52,92 @@ def oversampling(sizes: Mapping[str, int], probs: Mapping[str, float]) -> dict[s
     return {k: probs[k] / (sizes[k] / total) for k in sizes}
 
 
+def epoch_counts(sizes: list[int], probs: np.ndarray, length: int) -> np.ndarray:
+    """Draws per dataset in an epoch of ``length`` draws: p_d · length, rounded by largest
+    remainder so they sum to ``length``; every dataset with p_d > 0 gets at least one."""
+    exact = np.asarray(probs, dtype=np.float64) * length
+    counts = np.floor(exact).astype(np.int64)
+    order = np.argsort(-(exact - counts), kind="stable")
+    counts[order[: length - counts.sum()]] += 1
+    counts[(counts == 0) & (np.asarray(probs) > 0)] = 1
+    return counts
+
+
 class MixedBatchSampler:
     """Endless stream of batches of (dataset id, record index), packed to ``max_atoms``.
 
-    Datasets are drawn by ``probs``; within a dataset, records are drawn without replacement
-    from a reshuffled permutation each pass. A batch closes when the next structure would push it
-    past ``max_atoms`` atoms or ``max_structures`` structures; a structure larger than
-    ``max_atoms`` forms a batch alone. ``state_dict`` captures the exact position for resume.
+    An epoch is a fixed sequence of ``epoch_length`` draws (default: the total number of training
+    records), a pure function of (seed, epoch): dataset d appears ``epoch_counts`` times
+    (p_d · length, so oversampling is exact, not a random outcome), its records taken from
+    reshuffled passes over the dataset, and all datasets interleaved by a seeded shuffle. Rank r
+    of ``world_size`` takes every world_size-th draw starting at r, so ranks never overlap and
+    together cover the epoch. A batch closes when the next structure would push it past
+    ``max_atoms`` atoms or ``max_structures`` structures; a structure larger than ``max_atoms``
+    forms a batch alone. The state is (seed, epoch, cursor): the position in this rank's share.
 
     Args:
-        atoms_per_structure: one int array per dataset (id order).
+        atoms_per_structure: one int array per dataset (id order), from the size manifest.
         probs: drawing probability per dataset (id order).
     """
 
     def __init__(self, atoms_per_structure: list[np.ndarray], probs: list[float],
-                 max_atoms: int = 512, max_structures: int = 64, seed: int = 0) -> None:
+                 max_atoms: int = 512, max_structures: int = 64, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, epoch_length: int | None = None) -> None:
         if len(atoms_per_structure) != len(probs):
             raise ValueError("one probability per dataset is required")
         if max_atoms < 1 or max_structures < 1:
             raise ValueError("max_atoms and max_structures must be >= 1")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in 0..world_size-1, got rank {rank} of {world_size}")
         self.sizes = [np.asarray(a, dtype=np.int64) for a in atoms_per_structure]
+        if any(len(s) == 0 for s in self.sizes):
+            raise ValueError("every dataset needs at least one training record")
         self.probs = np.asarray(probs, dtype=np.float64) / np.sum(probs)
         self.max_atoms, self.max_structures = int(max_atoms), int(max_structures)
-        self.rng = np.random.default_rng(seed)
-        self.perms = [self.rng.permutation(len(s)) for s in self.sizes]
-        self.cursors = [0] * len(self.sizes)
-        self.pending: tuple[int, int] | None = None
+        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        self.epoch_length = int(epoch_length or sum(len(s) for s in self.sizes))
+        if self.epoch_length < world_size:
+            raise ValueError(f"an epoch of {self.epoch_length} draws cannot feed {world_size} "
+                             "ranks")
+        self.epoch, self.cursor = 0, 0
+        self._items: np.ndarray | None = None  # this rank's share of the current epoch, (n, 2)
 
-    def _draw(self) -> tuple[int, int]:
-        d = int(self.rng.choice(len(self.probs), p=self.probs))
-        if self.cursors[d] >= len(self.perms[d]):
-            self.perms[d] = self.rng.permutation(len(self.sizes[d]))
-            self.cursors[d] = 0
-        idx = int(self.perms[d][self.cursors[d]])
-        self.cursors[d] += 1
-        return d, idx
+    def epoch_items(self, epoch: int) -> np.ndarray:
+        """All draws of ``epoch`` (every rank's), (epoch_length, 2): dataset id, record index."""
+        counts = epoch_counts([len(s) for s in self.sizes], self.probs, self.epoch_length)
+        per_dataset = []
+        for d, (k, sizes) in enumerate(zip(counts, self.sizes, strict=True)):
+            rng = np.random.default_rng([self.seed, epoch, d])
+            passes = -(-int(k) // len(sizes))
+            idx = np.concatenate([rng.permutation(len(sizes)) for _ in range(passes)])[:k]
+            per_dataset.append(np.stack([np.full(k, d), idx], axis=1))
+        items = np.concatenate(per_dataset)
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(items))
+        return items[order]
+
+    def _share(self) -> np.ndarray:
+        if self._items is None:
+            self._items = self.epoch_items(self.epoch)[self.rank::self.world_size]
+        return self._items
+
+    def peek(self) -> tuple[int, int]:
+        """The next (dataset id, record index) this rank will draw, without drawing it."""
+        if self.cursor >= len(self._share()):
+            self.epoch, self.cursor, self._items = self.epoch + 1, 0, None
+        d, i = self._share()[self.cursor]
+        return int(d), int(i)
 
     def next_batch(self) -> list[tuple[int, int]]:
         batch: list[tuple[int, int]] = []
         atoms = 0
         while len(batch) < self.max_structures:
-            item = self.pending if self.pending is not None else self._draw()
-            self.pending = None
+            item = self.peek()
             n = int(self.sizes[item[0]][item[1]])
             if batch and atoms + n > self.max_atoms:
-                self.pending = item
                 break
             batch.append(item)
             atoms += n
+            self.cursor += 1
         return batch
 
     def __iter__(self):
@@ -107,14 +145,22 @@ class MixedBatchSampler:
             yield self.next_batch()
 
     def state_dict(self) -> dict:
-        return {"rng": self.rng.bit_generator.state, "perms": [p.tolist() for p in self.perms],
-                "cursors": list(self.cursors), "pending": self.pending}
+        return {"seed": self.seed, "epoch": self.epoch, "cursor": self.cursor,
+                "rank": self.rank, "world_size": self.world_size,
+                "epoch_length": self.epoch_length}
 
     def load_state_dict(self, state: dict) -> None:
-        self.rng.bit_generator.state = state["rng"]
-        self.perms = [np.asarray(p, dtype=np.int64) for p in state["perms"]]
-        self.cursors = list(state["cursors"])
-        self.pending = tuple(state["pending"]) if state["pending"] is not None else None
+        if "epoch" not in state:
+            raise ValueError("sampler state from an older atomgfm version (it stored "
+                             "permutations); restart the run with --restart")
+        if state["world_size"] != self.world_size or state["epoch_length"] != self.epoch_length:
+            raise ValueError(
+                f"the checkpoint was written by {state['world_size']} rank(s) with epochs of "
+                f"{state['epoch_length']} draws; this run has {self.world_size} rank(s) and "
+                f"{self.epoch_length}: resume with the same world size and data (each rank's "
+                "position in the epoch depends on how its batches were packed)")
+        self.seed, self.epoch, self.cursor = state["seed"], state["epoch"], state["cursor"]
+        self._items = None
 
 
 def packed_batches(sizes: np.ndarray, max_atoms: int, max_structures: int,

@@ -1,15 +1,25 @@
 """Datasets from config: read files, split train/validation, fit normalisation, build graphs.
 
+    data = prepare_data(cfg.data, cutoff=5.0)   # -> PreparedData
+    data.table            # the dataset registry: one dict per dataset, in id order
+    data.train[d][i]      # graph i of dataset d's training split (a GraphSource)
+    data.stats            # GraphStats of the training graphs, for the model builder
+
 The dataset registry (name → id, level of theory, labels, normalisation, provenance) that every
-checkpoint stores is produced here, from the training split only.
+checkpoint stores is produced here, from the training split only. Graph sources are sequences
+with a size manifest (atoms and edges per entry), so samplers pack batches without opening
+records and a sharded store can stand in for the in-memory lists.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -20,7 +30,10 @@ from atomgfm.data.graph import structure_to_graph
 from atomgfm.data.neighbors import count_isolated
 from atomgfm.data.readers import read_structures
 from atomgfm.data.references import Normalization, fit_references
+from atomgfm.data.stats import GraphStats, graph_stats
 from atomgfm.data.structure import Structure
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -58,7 +71,7 @@ class LoadedDataset:
                 # on this state" warnings at prediction time.
                 "states": sorted({(int(round(s.charge)), int(round(s.spin))) for s in self.train}),
                 "normalization": self.normalization.to_dict(), "provenance": self.provenance,
-                "n_train": len(self.train), "n_val": len(self.val),
+                "n_train": len(self.train), "n_val": len(self.val), "skipped": list(self.skipped),
                 "weights": {"energy": self.config.energy_weight,
                             "forces": self.config.forces_weight,
                             "stress": self.config.stress_weight}}
@@ -98,7 +111,7 @@ def load_datasets(cfg: DataConfig) -> list[LoadedDataset]:
             structures.extend(result.structures)
             if result.skipped.total:
                 skipped.append(str(result.skipped))
-                print(f"[atomgfm] dataset {dc.name}: {result.skipped}")
+                log.warning("dataset %s: %s", dc.name, result.skipped)
         # Seeded by the dataset's name, so reordering the config never reshuffles a split.
         seed = zlib.crc32(dc.name.encode()) + cfg.split_seed
         tr, va = split_indices(len(structures), cfg.val_fraction, seed)
@@ -109,18 +122,100 @@ def load_datasets(cfg: DataConfig) -> list[LoadedDataset]:
     return out
 
 
+@runtime_checkable
+class GraphSource(Protocol):
+    """What training and evaluation read graphs from: a sequence of graph dicts with a size
+    manifest (``n_atoms``, ``n_edges``: one int per entry), so batches are packed from metadata."""
+
+    n_atoms: np.ndarray
+    n_edges: np.ndarray
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int) -> dict: ...
+
+
 @dataclass
-class GraphSet:
-    """Graphs of one split of one dataset, plus the atom counts the samplers pack by."""
+class GraphList(Sequence):
+    """In-memory :class:`GraphSource`: graphs of one split of one dataset, with their sizes."""
 
     graphs: list[dict]
     n_atoms: np.ndarray
-    n_isolated_atoms: int
+    n_edges: np.ndarray
+    n_isolated_atoms: int = 0
+
+    def __len__(self) -> int:
+        return len(self.graphs)
+
+    def __getitem__(self, i):
+        return self.graphs[i]
+
+
+GraphSet = GraphList  # the name used before graph sources had a protocol
 
 
 def build_graphs(structures: list[Structure], cutoff: float, dataset_id: int,
-                 desc: str = "graphs", progress: bool = True) -> GraphSet:
+                 desc: str = "graphs", progress: bool = True) -> GraphList:
     graphs = [structure_to_graph(s, cutoff, dataset_id)
               for s in tqdm(structures, desc=desc, disable=not progress, leave=False)]
     isolated = sum(count_isolated(g[K.EDGE_INDEX], len(g[K.ATOMIC_NUMBERS])) for g in graphs)
-    return GraphSet(graphs, np.array([len(g[K.ATOMIC_NUMBERS]) for g in graphs]), isolated)
+    return GraphList(graphs, np.array([len(g[K.ATOMIC_NUMBERS]) for g in graphs], dtype=np.int64),
+                     np.array([g[K.EDGE_INDEX].shape[1] for g in graphs], dtype=np.int64),
+                     isolated)
+
+
+@dataclass
+class PreparedData:
+    """Everything a Trainer needs from the data side.
+
+    Attributes:
+        table: dataset registry entries (dicts, see ``LoadedDataset.registry_entry``) in id order.
+        train, val: one graph source per dataset, in id order.
+        stats: statistics of the training graphs (for the model builder).
+        cutoff: the cutoff (Å) the graphs were built at.
+        datasets: the loaded records when the data came from files (None from a store); used
+            for baselines in evaluation tables.
+    """
+
+    table: list[dict]
+    train: list[GraphSource]
+    val: list[GraphSource]
+    stats: GraphStats
+    cutoff: float
+    datasets: list[LoadedDataset] | None = None
+
+    def __post_init__(self) -> None:
+        ids = [d["id"] for d in self.table]
+        if ids != list(range(len(self.table))):
+            raise ValueError(f"dataset table must be in id order 0..n-1, got ids {ids}")
+        if not len(self.train) == len(self.val) == len(self.table):
+            raise ValueError("one train and one val graph source per dataset are required")
+
+    @property
+    def names(self) -> list[str]:
+        return [d["name"] for d in self.table]
+
+
+def prepare_data(cfg: DataConfig, cutoff: float, datasets: list[LoadedDataset] | None = None,
+                 progress: bool = True) -> PreparedData:
+    """Read (unless ``datasets`` are given), split, fit references and build graphs at
+    ``cutoff`` Å."""
+    datasets = datasets if datasets is not None else load_datasets(cfg)
+    train = [build_graphs(d.train, cutoff, d.id, f"graphs {d.name}/train", progress)
+             for d in datasets]
+    val = [build_graphs(d.val, cutoff, d.id, f"graphs {d.name}/val", progress) for d in datasets]
+    stats = graph_stats(g for source in train for g in source.graphs)
+    return PreparedData([d.registry_entry() for d in datasets], train, val, stats, float(cutoff),
+                        datasets)
+
+
+def check_charge_spin(datasets: list[LoadedDataset], max_charge: int, max_spin: int) -> None:
+    """Every record's charge and multiplicity within the range the backbone embeds: an error
+    naming the record at load time rather than mid-training."""
+    for d in datasets:
+        for s in d.train + d.val:
+            if abs(round(s.charge)) > max_charge or not 0 <= round(s.spin) <= max_spin:
+                raise ValueError(
+                    f"{s.source}, record {s.index} (dataset {d.name}): charge {s.charge:g} / "
+                    f"multiplicity {s.spin:g} outside the model's range ±{max_charge} / "
+                    f"0..{max_spin} (backbone_kwargs max_charge, max_spin)")

@@ -5,6 +5,7 @@ same deterministic split, evaluate, write metrics and parity plots."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,20 +14,27 @@ import torch
 from atomgfm import keys as K
 from atomgfm.data.graph import collate
 from atomgfm.data.mixing import packed_batches
-from atomgfm.data.sources import GraphSet, LoadedDataset, build_graphs, load_datasets
+from atomgfm.data.sources import GraphSource, LoadedDataset, build_graphs, load_datasets
 from atomgfm.inference.metrics import MetricAccumulator
 from atomgfm.precision import autocast, param_dtype, resolve_device
 
+log = logging.getLogger(__name__)
 
-def evaluate_graphs(model, graph_sets: list[GraphSet], names: list[str], *, precision: str,
+
+def evaluate_graphs(model, graph_sets: list[GraphSource], names: list[str], *, precision: str,
                     device: torch.device, dtype: torch.dtype, max_atoms: int = 512,
-                    max_structures: int = 64, keep_values: bool = False) -> MetricAccumulator:
-    """Energy/force/stress errors of ``model`` on every graph set (datasets in id order)."""
+                    max_structures: int = 64, keep_values: bool = False, rank: int = 0,
+                    world_size: int = 1) -> MetricAccumulator:
+    """Energy/force/stress errors of ``model`` on every graph source (datasets in id order).
+
+    With ``world_size`` > 1, this process evaluates every world_size-th batch starting at
+    ``rank``; combine the processes with ``MetricAccumulator.reduce``."""
     model.eval()
     acc = MetricAccumulator(names, keep_values)
     for gs in graph_sets:
-        for idx in packed_batches(gs.n_atoms, max_atoms, max_structures):
-            batch = collate([gs.graphs[i] for i in idx], dtype, device)
+        batches = packed_batches(gs.n_atoms, max_atoms, max_structures)
+        for idx in batches[rank::world_size]:
+            batch = collate([gs[i] for i in idx], dtype, device)
             with autocast(precision, device):
                 out = model(batch, forces=True, stress=bool(batch[K.HAS_STRESS].any()))
             acc.update(out, batch)
@@ -96,15 +104,15 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = Non
         if entry is None:
             raise ValueError(f"dataset {d.name!r} is not in checkpoint {checkpoint}")
         if entry["provenance"] != d.provenance:
-            print(f"[atomgfm] warning: files of dataset {d.name!r} changed since training "
-                  f"(provenance {entry['provenance']} -> {d.provenance})")
+            log.warning("files of dataset %r changed since training (provenance %s -> %s)",
+                        d.name, entry["provenance"], d.provenance)
     names = [d["name"] for d in sorted(state["datasets"], key=lambda d: d["id"])]
     by_name = {d.name: d for d in datasets}
     datasets = [by_name[n] for n in names if n in by_name]
     dev = resolve_device(device)
     precision = cfg.train.precision
     model = model.to(dev, param_dtype(precision))
-    cutoff = model.model.backbone.cutoff
+    cutoff = model.cutoff
     sets = [build_graphs(d.split(split), cutoff, stored[d.name]["id"],
                          progress=False) for d in datasets]
     acc = evaluate_graphs(model, sets, names, precision=precision, device=dev,

@@ -67,13 +67,26 @@ class MetricAccumulator:
         if self.keep:
             self.values[(name, quantity)].append(np.stack([true, pred]))
 
+    def reduce(self, reduce_sum) -> MetricAccumulator:
+        """Combine the error sums of every process with ``reduce_sum`` (a function that sums a
+        float64 tensor over ranks in place, e.g. ``train.distributed.all_reduce_sum``). The
+        parity values stay per process."""
+        keys = [(name, q) for name in self.names for q in ("energy", "forces", "stress")]
+        packed = torch.tensor([[self.sums[k], self.counts[k]] for k in keys], dtype=torch.float64)
+        packed = reduce_sum(packed)
+        for k, (total, count) in zip(keys, packed.tolist(), strict=True):
+            if count:
+                self.sums[k], self.counts[k] = total, int(count)
+        return self
+
     def compute(self) -> dict[str, dict[str, float]]:
         """{dataset: {"energy_mae_meV_atom", "forces_mae_meV_A", "stress_mae_meV_A3"}}."""
         label = {"energy": "energy_mae_meV_atom", "forces": "forces_mae_meV_A",
                  "stress": "stress_mae_meV_A3"}
         out: dict[str, dict[str, float]] = {name: {} for name in self.names}
         for (name, q), total in self.sums.items():
-            out[name][label[q]] = 1000.0 * total / self.counts[(name, q)]
+            if self.counts[(name, q)]:
+                out[name][label[q]] = 1000.0 * total / self.counts[(name, q)]
         return out
 
     def parity(self, name: str, quantity: str) -> np.ndarray | None:

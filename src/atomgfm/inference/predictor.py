@@ -41,7 +41,7 @@ class Predictor:
         self.model = model.to(self.device, self.dtype).eval()
         self.datasets = {d["name"]: d for d in datasets}
         self.elements = set(int(z) for z in elements)
-        self.cutoff = model.model.backbone.cutoff
+        self.cutoff = model.cutoff
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto",

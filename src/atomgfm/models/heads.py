@@ -1,22 +1,58 @@
-"""Per-dataset energy heads: scalar node features -> per-atom energies in the dataset's reference.
+"""Heads: scalar node features -> per-atom outputs. The head protocol and its two kinds.
 
-A head owns its dataset's normalisation (SchNetPack's RemoveOffsets/AddOffsets idea): the element
-reference energies (float64, fitted on the training split) and the scale. Training targets are
-never shifted; the model adds back exactly what the fit removed, from the same stored numbers.
+Every head satisfies :class:`Head`: ``atom_outputs(scalars, numbers, gate)`` gives per-atom
+contributions ``(n_atoms, out_dim)`` in float64, ``structure_outputs(charge, spin)`` a per-structure
+constant ``(n_structs, out_dim)``, and ``reduce`` says how atoms combine ("sum": extensive, like an
+energy; "mean": intensive). The model never reaches into a head beyond that, and heads of one
+class can offer ``stacked(heads, ...)``: all of them as one batched product.
+
+* :class:`EnergyHead` (registry "energy"): one per dataset / level of theory. It owns its dataset's
+  normalisation (SchNetPack's RemoveOffsets/AddOffsets idea): the element reference energies
+  (float64, fitted on the training split) and the scale. Training targets are never shifted; the
+  model adds back exactly what the fit removed, from the same stored numbers.
+* :class:`PropertyHead` (registry "property"): a structure-level regression or classification
+  head (e.g. a band gap, a stability class) on the same features, for fine-tuning.
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from atomgfm.data.references import state_features
 from atomgfm.data.structure import MAX_Z
 from atomgfm.registry import register
 
 
+class Head(nn.Module):
+    """The head protocol (see the module docstring)."""
+
+    kind: ClassVar[str] = "property"  # "energy": an energy in eV that forces differentiate
+    out_dim: int = 1
+    reduce: str = "sum"
+
+    def atom_outputs(self, s: torch.Tensor, numbers: torch.Tensor,
+                     gate: torch.Tensor) -> torch.Tensor:
+        """(n, F), (n,), (n,) -> (n, out_dim) float64 per-atom contributions."""
+        raise NotImplementedError
+
+    def structure_outputs(self, charge: torch.Tensor, spin: torch.Tensor) -> torch.Tensor:
+        """(S,), (S,) -> (S, out_dim) float64 per-structure constants (zero by default)."""
+        return torch.zeros((charge.shape[0], self.out_dim), dtype=torch.float64,
+                           device=charge.device)
+
+    @classmethod
+    def stacked(cls, heads: list[Head], s: torch.Tensor, numbers: torch.Tensor,
+                gate: torch.Tensor) -> torch.Tensor:
+        """Several heads of this class at once: (n, out_dim, n_heads). Default: one by one."""
+        return torch.stack([h.atom_outputs(s, numbers, gate) for h in heads], dim=-1)
+
+
 @register("head", "energy")
-class EnergyHead(nn.Module):
+class EnergyHead(Head):
     """E_i = e_ref[Z_i] + scale · g_i · MLP(s_i), in eV, float64 (plus, per structure, the
     charge/spin state offset of ``state_offset``, which the model spreads over the atoms).
 
@@ -28,9 +64,12 @@ class EnergyHead(nn.Module):
     neighbours), so an isolated atom gets exactly its reference energy.
     """
 
+    kind = "energy"
+
     def __init__(self, num_features: int, hidden: int | None = None) -> None:
         super().__init__()
         hidden = hidden or max(num_features // 2, 1)
+        self.hidden = hidden
         self.mlp = nn.Sequential(nn.Linear(num_features, hidden), nn.SiLU(), nn.Linear(hidden, 1))
         self.register_buffer("element_energy", torch.zeros(MAX_Z + 1, dtype=torch.float64))
         self.register_buffer("scale", torch.ones((), dtype=torch.float64))
@@ -64,7 +103,66 @@ class EnergyHead(nn.Module):
         feats = torch.stack(state_features(charge.to(torch.float64), spin.to(torch.float64)), -1)
         return feats @ self.state_energy
 
+    def structure_outputs(self, charge: torch.Tensor, spin: torch.Tensor) -> torch.Tensor:
+        return self.state_offset(charge, spin).unsqueeze(-1)
+
+    def atom_outputs(self, s: torch.Tensor, numbers: torch.Tensor,
+                     gate: torch.Tensor) -> torch.Tensor:
+        """(n, F), (n,), (n,) -> (n, 1) float64 per-atom energies in eV."""
+        return self(s, numbers, gate).unsqueeze(-1)
+
     def forward(self, s: torch.Tensor, numbers: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """(n, F), (n,), (n,) -> (n,) float64 per-atom energies in eV."""
         learned = self.mlp(s).squeeze(-1) * gate
         return self.element_energy[numbers] + self.scale * learned.to(torch.float64)
+
+    @classmethod
+    def stacked(cls, heads: list[Head], s: torch.Tensor, numbers: torch.Tensor,
+                gate: torch.Tensor) -> torch.Tensor:
+        """All heads in one product: their first layers concatenated, (n, F) @ (F, H·hidden),
+        their second layers as one batched dot product. (n, 1, H) float64 eV."""
+        if len({h.hidden for h in heads}) != 1 or len(heads) == 1:
+            return super().stacked(heads, s, numbers, gate)
+        n, H, hidden = s.shape[0], len(heads), heads[0].hidden
+        w1 = torch.cat([h.mlp[0].weight for h in heads])  # (H·hidden, F)
+        b1 = torch.cat([h.mlp[0].bias for h in heads])
+        x = F.silu(F.linear(s, w1, b1)).view(n, H, hidden)
+        w2 = torch.stack([h.mlp[2].weight.view(-1) for h in heads])  # (H, hidden)
+        b2 = torch.cat([h.mlp[2].bias for h in heads])  # (H,)
+        learned = ((x * w2).sum(-1) + b2) * gate.unsqueeze(-1)  # (n, H)
+        refs = torch.stack([h.element_energy for h in heads], dim=-1)  # (Z, H) float64
+        scales = torch.stack([h.scale for h in heads])  # (H,) float64
+        out = torch.index_select(refs, 0, numbers) + scales * learned.to(torch.float64)
+        return out.unsqueeze(1)
+
+
+@register("head", "property")
+class PropertyHead(Head):
+    """A structure-level property from the backbone's scalar features.
+
+    Regression: ``out_dim=1``, ``reduce="mean"`` (intensive, e.g. a band gap in eV) or ``"sum"``
+    (extensive). Classification: ``out_dim`` = number of classes, ``reduce="mean"``, outputs are
+    logits. Per-atom MLP outputs are pooled over each structure's atoms, plus a learned bias.
+
+    Args:
+        num_features: width of the backbone's scalar features.
+        hidden: hidden width of the MLP (default num_features // 2).
+        out_dim: outputs per structure.
+        reduce: "sum" or "mean" over atoms.
+    """
+
+    def __init__(self, num_features: int, hidden: int | None = None, out_dim: int = 1,
+                 reduce: str = "mean") -> None:
+        super().__init__()
+        if reduce not in ("sum", "mean"):
+            raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+        if out_dim < 1:
+            raise ValueError(f"out_dim must be >= 1, got {out_dim}")
+        hidden = hidden or max(num_features // 2, 1)
+        self.out_dim, self.reduce = int(out_dim), reduce
+        self.mlp = nn.Sequential(nn.Linear(num_features, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, out_dim))
+
+    def atom_outputs(self, s: torch.Tensor, numbers: torch.Tensor,
+                     gate: torch.Tensor) -> torch.Tensor:
+        return self.mlp(s).to(torch.float64)

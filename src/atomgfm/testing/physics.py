@@ -21,7 +21,7 @@ from atomgfm.data.structure import Structure
 def evaluate(ff, structures: list[Structure], dataset_ids: list[int] | None = None,
              stress: bool = False) -> dict[str, np.ndarray]:
     """Energies (S,), forces (N, 3), stress (S, 3, 3) as float64 NumPy arrays."""
-    cutoff = ff.model.backbone.cutoff
+    cutoff = ff.cutoff
     ids = dataset_ids if dataset_ids is not None else [0] * len(structures)
     batch = collate([structure_to_graph(s, cutoff, d) for s, d in zip(structures, ids,
                                                                        strict=True)],
@@ -139,7 +139,7 @@ def assert_batch_consistent(ff, structures: list[Structure], dataset_ids: list[i
 
 def assert_heads_isolated(ff, structures: list[Structure], dataset_ids: list[int]) -> None:
     """Perturbing one head changes only its own dataset's predictions, in train and eval mode."""
-    heads = list(ff.model.heads.values())
+    heads = list(ff.heads.values())
     was_training = ff.training
     for mode in (False, True):
         ff.train(mode)

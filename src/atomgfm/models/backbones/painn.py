@@ -11,11 +11,13 @@ guaranteed by construction: only norms and dot products of vectors enter nonline
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from atomgfm import keys as K
-from atomgfm.models.backbones.base import Backbone
+from atomgfm.models.backbones.base import Backbone, setting
 from atomgfm.nn.embedding import AtomEmbedding
 from atomgfm.nn.geometry import edge_vectors
 from atomgfm.nn.radial import BesselBasis, CosineCutoff
@@ -60,6 +62,17 @@ class PaiNNUpdate(nn.Module):
         return s + asv * dot + ass, v + avv.unsqueeze(1) * Uv
 
 
+@dataclass
+class PaiNNSettings:
+    num_features: int = setting(64, range=(16, 256), log=True,
+                                doc="width F of scalar and vector channels")
+    num_layers: int = setting(3, range=(1, 6), doc="message + update blocks")
+    cutoff: float = setting(5.0, range=(3.5, 6.5), doc="neighbour cutoff, Å")
+    num_rbf: int = setting(20, range=(8, 32), doc="Bessel radial functions")
+    max_charge: int = setting(6, doc="total charge embedded: -max_charge..max_charge e")
+    max_spin: int = setting(8, doc="multiplicities embedded: 0 (not given) .. max_spin")
+
+
 @register("backbone", "painn")
 class PaiNN(Backbone):
     """PaiNN backbone.
@@ -70,14 +83,24 @@ class PaiNN(Backbone):
         cutoff: neighbour cutoff in Å (default 5.0).
         num_rbf: Bessel radial functions (default 20).
         max_charge, max_spin: range of the total-charge and multiplicity embeddings.
+        elements, stats: the training elements and graph statistics (unused: PaiNN embeds every
+            element and needs no neighbour-count normalisation).
     """
 
+    Settings = PaiNNSettings
+    presets = {"S": {"num_features": 32, "num_layers": 2, "num_rbf": 12},
+               "M": {"num_features": 64, "num_layers": 3, "num_rbf": 20},
+               "L": {"num_features": 128, "num_layers": 4, "num_rbf": 20}}
+    feature_kind = "vectors"
+
     def __init__(self, num_features: int = 64, num_layers: int = 3, cutoff: float = 5.0,
-                 num_rbf: int = 20, max_charge: int = 6, max_spin: int = 8) -> None:
+                 num_rbf: int = 20, max_charge: int = 6, max_spin: int = 8,
+                 elements=None, stats=None) -> None:
         super().__init__()
         if num_features < 1 or num_layers < 1:
             raise ValueError("PaiNN needs num_features >= 1 and num_layers >= 1")
         self.cutoff = float(cutoff)
+        self.max_charge, self.max_spin = int(max_charge), int(max_spin)
         self.num_scalar_features = self.num_vector_features = num_features
         self.embedding = AtomEmbedding(num_features, max_charge, max_spin)
         self.rbf = BesselBasis(cutoff, num_rbf)
