@@ -154,19 +154,90 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     return cfg
 
 
-def load_config(path: str | Path) -> Config:
-    """Read a YAML config; ``data.root`` defaults to the config file's folder."""
+# ---- YAML files: a config is plain data (safe loader, no object tags); every problem in a
+# file is one line naming the file and, where YAML knows it, the line.
+
+_STANDARD_TAG = "tag:yaml.org,2002:"
+
+
+def _yaml_error(path: Path, exc: yaml.YAMLError, text: str) -> ConfigError:
+    """``FILE: line N: problem`` (1-based) for a YAML syntax error or a refused tag."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    line = mark.line + 1 if mark is not None else None
+    problem = getattr(exc, "problem", None)
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow
+        line = text.count("\n", 0, exc.position) + 1
+        char = chr(exc.character) if isinstance(exc.character, int) else exc.character
+        problem = f"{exc.reason} (character {char!r})"
+    elif isinstance(exc, yaml.constructor.ConstructorError) and problem and "tag '" in problem:
+        tag = problem.split("tag '", 1)[1].rsplit("'", 1)[0]
+        if tag.startswith(_STANDARD_TAG):
+            tag = "!!" + tag[len(_STANDARD_TAG):]
+        problem = (f"tag {tag} is not allowed: a config is plain YAML data (mappings, lists, "
+                   "strings, numbers, booleans, null), never Python objects")
+    else:
+        problem = f"YAML syntax error: {problem or str(exc).splitlines()[0]}"
+        ctx, ctx_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if ctx and ctx_mark is not None and ctx_mark.line + 1 != line:
+            problem += f" ({ctx} that starts on line {ctx_mark.line + 1})"
+        elif ctx:
+            problem += f" ({ctx})"
+    where = f"line {line}: " if line is not None else ""
+    return ConfigError(f"{path}: {where}{problem}")
+
+
+def _check_keys(node: Any, where: str) -> None:
+    """Every mapping key is a string (``1: x`` or ``null: x`` is a typo, not a setting)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if not isinstance(k, str):
+                raise ConfigError(f"{where}: key {k!r} is not a string")
+            _check_keys(v, f"{where}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_keys(v, f"{where}[{i}]")
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The plain data in a YAML file (``yaml.safe_load``); any problem is a one-line
+    :class:`ConfigError` naming the file (and line), never a YAML traceback."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"config file not found: {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    data = raw.setdefault("data", {})
-    if isinstance(data, dict):  # relative roots are relative to the config file's folder
-        root = Path(data.get("root", "."))
-        data["root"] = str(root if root.is_absolute() else (path.parent / root).resolve())
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a YAML file")
     try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file (invalid UTF-8 at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise _yaml_error(path, exc, text) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a YAML config; ``data.root`` defaults to the config file's folder.
+
+    Raises FileNotFoundError for a missing file and :class:`ConfigError` (a ValueError) with a
+    one-line message naming the file for everything else: YAML syntax (``FILE: line N: ...``),
+    Python object tags, a top level that is not a mapping, unknown keys, wrong types.
+    """
+    path = Path(path)
+    raw = read_yaml(path)
+    if raw is None:  # an empty file: all defaults
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    try:
+        _check_keys(raw, "config")
+        data = raw.setdefault("data", {})
+        # relative roots are relative to the config file's folder
+        if isinstance(data, dict) and isinstance(data.get("root", "."), str):
+            root = Path(data.get("root", "."))
+            data["root"] = str(root if root.is_absolute() else (path.parent / root).resolve())
         return config_from_dict(raw)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
