@@ -13,25 +13,21 @@ from atomgfm.models.build import build_model
 from atomgfm.registry import names
 from atomgfm.testing import physics
 
-TINY = {"painn": {"num_features": 8, "num_layers": 2, "cutoff": 4.0, "num_rbf": 8}}
+def tiny(name: str) -> dict:
+    """Every registered backbone, no list to edit: its S preset at a 4 Å cutoff."""
+    return {"backbone": name, "preset": "S", "backbone_kwargs": {"cutoff": 4.0}}
 
 
-def test_every_backbone_has_a_tiny_config():
-    assert sorted(TINY) == names("backbone")
-
-
-@pytest.fixture(params=sorted(TINY))
+@pytest.fixture(params=names("backbone"))
 def ff(request):
-    torch.manual_seed(0)
-    model = build_model({"backbone": request.param, "backbone_kwargs": TINY[request.param]},
-                        ["alloy", "mol"]).double()
+    model = build_model(tiny(request.param), ["alloy", "mol"], seed=0).double()
     rng = np.random.default_rng(0)
     for head in model.heads.values():
         head.set_normalization(rng.normal(0, 1, head.element_energy.shape), 0.7)
     with torch.no_grad():  # non-zero charge/spin embeddings so those paths are exercised too
-        emb = model.backbone.embedding
-        emb.charge.weight.normal_(0, 0.3)
-        emb.spin.weight.normal_(0, 0.3)
+        for name, p in model.backbone.named_parameters():
+            if "charge" in name or "spin" in name:
+                p.normal_(0, 0.3)
     return model.eval()
 
 
@@ -100,17 +96,35 @@ def test_energy_is_continuous_at_the_cutoff(ff):
     assert abs(e[0] - e[1]) < 1e-6
 
 
-def test_charge_and_spin_change_the_energy(ff, radical):
-    base = physics.evaluate(ff, [radical], [1])[K.ENERGY][0]
-    neutral = Structure(radical.numbers, radical.positions, charge=0, spin=2)
-    singlet = Structure(radical.numbers, radical.positions, charge=1, spin=1)
-    assert physics.evaluate(ff, [neutral], [1])[K.ENERGY][0] != pytest.approx(base)
-    assert physics.evaluate(ff, [singlet], [1])[K.ENERGY][0] != pytest.approx(base)
+def test_charge_and_spin_enter_only_through_their_parameters(ff, radical):
+    """Ethanol (26 electrons) in five valid states. With the backbone's charge/spin parameters
+    zeroed (and zero state energies in the head), every state has exactly the same energy; with
+    them set, each state has its own (so the states are not silently ignored)."""
+    states = [(1, 2), (-1, 2), (1, 4), (0, 1), (0, 3)]
+    structures = [Structure(radical.numbers, radical.positions, charge=q, spin=m)
+                  for q, m in states]
+    e = physics.evaluate(ff, structures, [1] * len(states))[K.ENERGY]
+    gaps = np.abs(e[:, None] - e[None, :])[np.triu_indices(len(states), 1)]
+    assert gaps.min() > 1e-6, f"two charge/spin states give the same energy: {e}"
+    saved = {n: p.detach().clone() for n, p in ff.backbone.named_parameters()
+             if "charge" in n or "spin" in n}
+    assert saved, "the backbone has no charge/spin parameters"
+    try:
+        with torch.no_grad():
+            for n, p in ff.backbone.named_parameters():
+                if n in saved:
+                    p.zero_()
+        e0 = physics.evaluate(ff, structures, [1] * len(states))[K.ENERGY]
+        np.testing.assert_allclose(e0, e0[0], rtol=0, atol=1e-10)
+    finally:
+        with torch.no_grad():
+            for n, p in ff.backbone.named_parameters():
+                if n in saved:
+                    p.copy_(saved[n])
 
 
 def test_state_energies_shift_energy_not_forces(radical):
-    torch.manual_seed(0)
-    ff = build_model({"backbone_kwargs": TINY["painn"]}, ["mol"]).double().eval()
+    ff = build_model(tiny("painn"), ["mol"], seed=0).double().eval()
     ff.heads["mol"].set_normalization(np.zeros(119), 1.0, state_energy=[2.0, -1.0, 0.5])
     # Charge/spin embeddings start at zero, so only the fitted state energies see charge/spin.
     closed = Structure(radical.numbers, radical.positions, charge=0, spin=1)

@@ -9,8 +9,17 @@ import pkgutil
 
 from atomgfm.models.backbones.base import Backbone
 
-for _module in pkgutil.iter_modules(__path__):
-    if not _module.name.startswith("_") and _module.name != "base":
-        importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["Backbone"]
+def import_all() -> list[str]:
+    """Import every backbone module in this folder (idempotent); returns the module names."""
+    found = []
+    for module in pkgutil.iter_modules(__path__):
+        if not module.name.startswith("_") and module.name != "base":
+            importlib.import_module(f"{__name__}.{module.name}")
+            found.append(module.name)
+    return found
+
+
+import_all()
+
+__all__ = ["Backbone", "import_all"]
