@@ -14,10 +14,8 @@ _QUANTITIES = (("energy", "(E − E_ref) per atom (eV/atom)"), ("forces", "force
 
 def parity_plots(acc: MetricAccumulator, out_dir: str | Path) -> list[Path]:
     """One PNG per dataset with a panel per labelled quantity; returns the written paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # The object API (Figure, not pyplot): no global backend switch, works without a display.
+    from matplotlib.figure import Figure
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -27,7 +25,8 @@ def parity_plots(acc: MetricAccumulator, out_dir: str | Path) -> list[Path]:
         panels = [p for p in panels if p[2] is not None]
         if not panels:
             continue
-        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.0), squeeze=False)
+        fig = Figure(figsize=(4.2 * len(panels), 4.0))
+        axes = fig.subplots(1, len(panels), squeeze=False)
         for ax, (q, label, tp) in zip(axes[0], panels, strict=True):
             true, pred = tp
             lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
@@ -41,6 +40,5 @@ def parity_plots(acc: MetricAccumulator, out_dir: str | Path) -> list[Path]:
         fig.tight_layout()
         path = out_dir / f"parity_{name}.png"
         fig.savefig(path, dpi=110)
-        plt.close(fig)
         written.append(path)
     return written

@@ -14,16 +14,15 @@ def read_log(path: str | Path) -> list[dict]:
 def plot_curves(log_path: str | Path, out_path: str | Path | None = None) -> Path:
     """Write a PNG with three panels: training loss (parts), validation force MAE and energy MAE
     per dataset, against the step. Returns the PNG path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # The object API (Figure, not pyplot): no global backend switch, works without a display.
+    from matplotlib.figure import Figure
 
     records = read_log(log_path)
     train = [r for r in records if r.get("kind") == "train"]
     val = [r for r in records if r.get("kind") == "val"]
     out_path = Path(out_path) if out_path else Path(log_path).with_name("curves.png")
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig = Figure(figsize=(14, 4))
+    axes = fig.subplots(1, 3)
     for part in ("loss", "energy", "forces", "stress"):
         pts = [(r["step"], r[part]) for r in train if part in r]
         if pts:
@@ -43,5 +42,4 @@ def plot_curves(log_path: str | Path, out_path: str | Path | None = None) -> Pat
             ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out_path, dpi=110)
-    plt.close(fig)
     return out_path
