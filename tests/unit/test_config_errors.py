@@ -112,3 +112,79 @@ def test_cli_prints_config_errors_in_one_line(tmp_path, capsys, text, expected):
     err = capsys.readouterr().err
     assert err.startswith(f"atomgfm train: error: {path}: {expected}")
     assert err.count("\n") == 1
+
+
+# ---------------------------------------------------------------- the CLI's logging and errors
+
+
+def _fake_verb(args) -> int:
+    import logging
+
+    lib = logging.getLogger("atomgfm.some.module")
+    lib.debug("details")
+    lib.info("resumed from last.pt at step 4")
+    lib.warning("files of dataset 'a' changed since training")
+    print('{"output": 1}')
+    if getattr(args, "checkpoint", None) == "boom":
+        raise KeyError("unknown head 'x'")
+    return 0
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["info"], ["[atomgfm] resumed from last.pt at step 4",
+                "[atomgfm] warning: files of dataset 'a' changed since training"]),
+    (["-q", "info"], ["[atomgfm] warning: files of dataset 'a' changed since training"]),
+    (["info", "--quiet"], ["[atomgfm] warning: files of dataset 'a' changed since training"]),
+    (["info", "-v"], ["[atomgfm] debug: details", "[atomgfm] resumed from last.pt at step 4",
+                      "[atomgfm] warning: files of dataset 'a' changed since training"]),
+    (["--verbose", "info"], ["[atomgfm] debug: details",
+                             "[atomgfm] resumed from last.pt at step 4",
+                             "[atomgfm] warning: files of dataset 'a' changed since training"]),
+])
+def test_cli_shows_library_log_records_by_verbosity(monkeypatch, capsys, argv, expected):
+    import logging
+
+    from atomgfm.cli import main as cli
+
+    monkeypatch.setattr(cli, "_info", _fake_verb)
+    logger = logging.getLogger("atomgfm")
+    before = (logger.level, list(logger.handlers))
+    assert cli.main(argv) == 0
+    out, err = capsys.readouterr()
+    assert out == '{"output": 1}\n'  # command output stays on stdout
+    assert err.splitlines() == expected
+    assert (logger.level, list(logger.handlers)) == before  # main() leaves logging as it was
+
+
+def test_cli_errors_are_one_line_and_verbose_adds_the_traceback(monkeypatch, capsys):
+    from atomgfm.cli import main as cli
+
+    monkeypatch.setattr(cli, "_info", _fake_verb)
+    assert cli.main(["-q", "info", "boom"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["[atomgfm] warning: files of dataset 'a' changed since training",
+                                "atomgfm info: error: unknown head 'x'"]
+    assert cli.main(["-v", "info", "boom"]) == 2
+    err = capsys.readouterr().err
+    assert ("[atomgfm] debug: traceback of the error below\n"
+            "Traceback (most recent call last):") in err
+    assert err.endswith("KeyError: \"unknown head 'x'\"\natomgfm info: error: unknown head 'x'\n")
+
+
+def test_cli_quiet_and_verbose_exclude_each_other(capsys):
+    from atomgfm.cli.main import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["-q", "-v", "info"])
+    assert info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_cli_names_an_unreadable_file(tmp_path, capsys):
+    from atomgfm.cli.main import main
+
+    path = tmp_path / "c.yaml"
+    path.mkdir()
+    assert main(["train", str(path)]) == 2
+    assert capsys.readouterr().err == (f"atomgfm train: error: {path}: is a directory, not a YAML "
+                                       "file\n")
