@@ -12,11 +12,15 @@ from ase.calculators.calculator import Calculator
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from atomgfm import registry
 from atomgfm.data.readers import (
     ReaderError,
+    ReaderSpec,
     RecordError,
     StructureError,
+    StructureStream,
     atoms_to_structure,
+    iter_structures,
     read_structures,
     reader_for,
 )
@@ -52,7 +56,7 @@ def mol(name: str = "CH4") -> Atoms:
 
 def frames() -> list[Atoms]:
     return [labelled(crystal(0), charge=1, spin=2), labelled(mol("CH4")),
-            labelled(crystal(1), total_charge=-1, multiplicity=3)]
+            labelled(crystal(1), total_charge=-2, multiplicity=3)]
 
 
 def check_same(structure, atoms: Atoms, charge=0.0, spin=0.0, atol=1e-7) -> None:
@@ -76,8 +80,145 @@ def check_same(structure, atoms: Atoms, charge=0.0, spin=0.0, atol=1e-7) -> None
 # --- round trips --------------------------------------------------------------------------
 
 
-def test_registry_lists_both_readers():
-    assert {"ase", "ase_db"} <= set(names("reader"))
+def test_registry_lists_the_readers():
+    assert {"ase", "ase_db", "aselmdb"} <= set(names("reader"))
+    for name in names("reader"):
+        spec = registry.get("reader", name)
+        assert isinstance(spec, ReaderSpec) and spec.name == name and spec.suffixes
+
+
+# --- dispatch through the registry ------------------------------------------------------------
+
+
+def test_reader_for_by_suffix_and_format():
+    assert reader_for("a.extxyz") == reader_for("a.XYZ") == reader_for("POSCAR") == "ase"
+    assert reader_for("md.traj") == reader_for("x.cif") == "ase"
+    assert reader_for("set.db") == "ase_db"
+    assert reader_for("shard.aselmdb") == "aselmdb"
+    assert reader_for("anything.dat", format="db") == "ase_db"
+    assert reader_for("anything.txt", format="extxyz") == "ase"
+
+
+def test_unsupported_suffix_lists_the_supported_ones(tmp_path):
+    path = tmp_path / "train.parquet"
+    path.write_text("x")
+    with pytest.raises(ReaderError) as info:
+        read_structures(path)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert msg == (f"{path}: unsupported file (suffix '.parquet'); supported: ase_db (.db, .json); "
+                   "aselmdb (.aselmdb); ase (.extxyz, .xyz, .traj, .cif, .vasp, .pdb, .xsf, .sdf, "
+                   f"+{len(registry.get('reader', 'ase').suffixes) - 8} more); or pass format=")
+    with pytest.raises(ReaderError, match=r"unsupported file \(suffix 'none'\)"):
+        reader_for(tmp_path / "README")
+
+
+def test_unknown_format_lists_the_formats(tmp_path):
+    path = tmp_path / "x.xyz"
+    ase.io.write(path, frames(), format="extxyz")
+    with pytest.raises(ReaderError, match=rf"^{path}: unknown format 'parquet'; formats: ase_db "
+                                          r"\(db, json\); aselmdb \(aselmdb\); ase \(cif, "
+                                          r"extxyz, sdf, traj, vasp, xsf, xyz, .*more\)$"):
+        read_structures(path, format="parquet")
+
+
+def test_a_registered_reader_is_found_by_its_suffix(tmp_path, monkeypatch):
+    """Dispatch is generated from the registry: a new spec is picked up with no other change."""
+    def records(path, options, format=None):
+        for index, line in enumerate(open(path).read().split()):
+            atoms = Atoms(line, positions=[[0, 0, 0], [0.74, 0, 0]][:len(Atoms(line))])
+            yield index, lambda atoms=atoms, index=index: options.convert(atoms, path, index)
+
+    spec = ReaderSpec("toy", records, formats=("toy",), suffixes=(".toy",))
+    monkeypatch.setitem(registry._REGISTRY["reader"], "toy", spec)
+    path = tmp_path / "pairs.toy"
+    path.write_text("H2 HO Cu")
+    assert reader_for(path) == "toy"
+    result = read_structures(path, dataset="t")
+    assert [s.numbers.tolist() for s in result.structures] == [[1, 1], [1, 8], [29]]
+
+
+def test_iter_structures_is_a_lazy_stream(tmp_path):
+    path = tmp_path / "lazy.xyz"
+    atoms = frames()
+    atoms[2].calc.results["energy"] = float("nan")
+    ase.io.write(path, atoms, format="extxyz")
+    stream = iter_structures(path, dataset="d")
+    assert isinstance(stream, StructureStream) and stream.files == [str(path)]
+    first = next(stream)
+    assert first.index == 0 and stream.skipped.n_records == 1
+    assert next(stream).index == 1
+    with pytest.raises(StructureError, match=r"lazy\.xyz, record 2: non-finite energy"):
+        next(stream)
+    with iter_structures(path, on_error="skip") as skipping:
+        assert [s.index for s in skipping] == [0, 1]
+    assert str(skipping.skipped) == f"skipped 1 of 3 records in {path}: 1 non-finite energy"
+
+
+def test_problems_before_the_first_record_raise_at_once(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothere.xyz: no such file"):
+        iter_structures(tmp_path / "nothere.xyz")
+    (tmp_path / "x.parquet").write_text("x")
+    with pytest.raises(ReaderError, match="unsupported file"):
+        iter_structures(tmp_path / "x.parquet")
+
+
+def test_folder_of_mixed_files(tmp_path):
+    ase.io.write(tmp_path / "b.extxyz", frames()[:2], format="extxyz")
+    with ase.db.connect(tmp_path / "a.db") as db:
+        db.write(frames()[2], total_charge=-2, multiplicity=3)
+    (tmp_path / "notes.md").write_text("not data")
+    result = read_structures(tmp_path)
+    assert [(s.source, s.index) for s in result.structures] == [
+        (str(tmp_path / "a.db"), 0), (str(tmp_path / "b.extxyz"), 0),
+        (str(tmp_path / "b.extxyz"), 1)]
+    only = read_structures(tmp_path, format="extxyz")
+    assert [s.source for s in only.structures] == [str(tmp_path / "b.extxyz")] * 2
+
+
+def test_folder_without_data(tmp_path):
+    (tmp_path / "notes.md").write_text("not data")  # .md is an ASE suffix, not one in folders
+    (tmp_path / "run.log").write_text("not data")
+    with pytest.raises(ReaderError) as info:
+        read_structures(tmp_path)
+    assert str(info.value) == (
+        f"{tmp_path}: a folder with no file a reader takes; supported: ase_db (.db, .json); "
+        "aselmdb (.aselmdb); ase (.extxyz, .xyz, .traj, .cif, .vasp, .pdb, .xsf, .sdf)")
+
+
+def test_reading_writes_nothing_beside_the_data(tmp_path):
+    with ase.db.connect(tmp_path / "set.db") as db:
+        for atoms in frames():
+            db.write(atoms)
+    ase.io.write(tmp_path / "set.json", frames())
+    ase.io.write(tmp_path / "set.extxyz", frames(), format="extxyz")
+    ase.io.write(tmp_path / "set.traj", frames())
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert before == ["set.db", "set.extxyz", "set.json", "set.traj"]
+    stamp = {name: (tmp_path / name).stat().st_mtime_ns for name in before}
+    for name in before:
+        assert len(read_structures(tmp_path / name)) == 3
+    assert len(read_structures(tmp_path)) == 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert {name: (tmp_path / name).stat().st_mtime_ns for name in before} == stamp
+
+
+def test_sqlite_file_that_is_not_an_ase_db_is_left_alone(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "other.db"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE t (x INTEGER)")
+    con.commit()
+    con.close()
+    data = path.read_bytes()
+    with pytest.raises(ReaderError, match=rf"^{path}: an SQLite file but not an ASE database "
+                                          r"\(no 'systems' table\)$"):
+        read_structures(path)
+    assert path.read_bytes() == data  # ASE would have created its tables in it
+    (tmp_path / "text.db").write_text("hello")
+    with pytest.raises(ReaderError, match=r"text\.db: not a readable ASE database \("):
+        read_structures(tmp_path / "text.db")
 
 
 def test_extxyz_round_trip(tmp_path):
@@ -88,7 +229,7 @@ def test_extxyz_round_trip(tmp_path):
     assert len(result) == 3 and result.skipped.total == 0
     check_same(result.structures[0], atoms[0], charge=1, spin=2)
     check_same(result.structures[1], atoms[1])
-    check_same(result.structures[2], atoms[2], charge=-1, spin=3)
+    check_same(result.structures[2], atoms[2], charge=-2, spin=3)
     assert [s.index for s in result.structures] == [0, 1, 2]
     assert all(s.dataset == "emt" and s.source == str(path) for s in result.structures)
     assert result.structures[0].stress[0, 0] != 0.0  # a real EMT stress came through
@@ -101,7 +242,7 @@ def test_traj_round_trip(tmp_path):
     result = read_structures(path)
     check_same(result.structures[0], atoms[0], charge=1, spin=2)
     check_same(result.structures[1], atoms[1])
-    check_same(result.structures[2], atoms[2], charge=-1, spin=3)
+    check_same(result.structures[2], atoms[2], charge=-2, spin=3)
 
 
 def test_db_round_trip(tmp_path):
@@ -113,12 +254,12 @@ def test_db_round_trip(tmp_path):
     with ase.db.connect(path) as db:
         db.write(atoms[0], spin=2, total_charge=1)
         db.write(atoms[1])
-        db.write(atoms[2], multiplicity=3, total_charge=-1)
+        db.write(atoms[2], multiplicity=3, total_charge=-2)
     assert reader_for(path) == "ase_db"
     result = read_structures(path)
     check_same(result.structures[0], atoms[0], charge=1, spin=2)
     check_same(result.structures[1], atoms[1], charge=1)
-    check_same(result.structures[2], atoms[2], charge=-1, spin=3)
+    check_same(result.structures[2], atoms[2], charge=-2, spin=3)
 
 
 def test_json_written_by_ase_is_read_as_db(tmp_path):

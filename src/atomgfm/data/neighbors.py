@@ -63,3 +63,41 @@ def count_isolated(edge_index: np.ndarray, n_atoms: int) -> int:
     """Atoms that are the centre of no edge (no neighbour within the cutoff)."""
     return int((np.bincount(edge_index[0], minlength=n_atoms) == 0).sum())
 
+
+
+# Overlap search radius. vesin's cell list has bins of about the cutoff, so a 0.1 Å search builds
+# ~1000x more bins than a 1 Å one: measured 2-11 ms vs 0.14-0.6 ms per structure (Cu4, Cu256,
+# benzene). Pairs under 1 Å are few (X-H bonds), so searching 1 Å and keeping d < limit is cheaper.
+_OVERLAP_SEARCH = 1.0
+
+
+def closest_pair(
+    positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, below: float
+) -> tuple[int, int, float] | None:
+    """The closest pair of atoms nearer than ``below`` Å (periodic images included), or None.
+
+    Args:
+        positions: (n, 3) Å.
+        cell: (3, 3) Å, lattice vectors as rows (ignored where pbc is False).
+        pbc: (3,) bool.
+        below: distance in Å; only pairs closer than this are reported.
+
+    Returns:
+        ``(i, j, distance)`` with i <= j (i == j: an atom and its own periodic image), or None.
+    """
+    if below <= 0:
+        raise ValueError(f"below must be positive, got {below}")
+    positions = np.ascontiguousarray(positions, dtype=np.float64)
+    pbc = np.asarray(pbc, dtype=bool)
+    if len(positions) == 1 and not pbc.any():
+        return None
+    box = np.asarray(cell, dtype=np.float64) if pbc.any() else np.zeros((3, 3))
+    nl = NeighborList(cutoff=max(float(below), _OVERLAP_SEARCH), full_list=False)
+    i, j, d = nl.compute(positions, box, pbc.tolist(), quantities="ijd")
+    if len(d) == 0:
+        return None
+    k = int(np.argmin(d))
+    if d[k] >= below:
+        return None
+    a, b = sorted((int(i[k]), int(j[k])))
+    return a, b, float(d[k])

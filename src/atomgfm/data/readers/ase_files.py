@@ -1,9 +1,12 @@
-"""Reader for every file format ASE can read.
+"""Reader ``ase``: every file format ASE can read (tried after the specific readers).
 
-(Extended) XYZ files are split into frames here (count line, comment line, atom lines, optional
-``VEC`` lines) and each frame is parsed on its own, so a broken frame names its record and line and
-``on_error="skip"`` continues past it. Other formats go through ``ase.io.iread``; a parse error
-there ends the iterator, so it is raised (with the record index reached) even when skipping.
+Suffixes and ``format=`` names come from ASE's own format table (``ase.io.formats.ioformats``);
+files named without a suffix that ASE recognises (``POSCAR``, ``OUTCAR``, ``vasprun.xml``) are
+taken too. (Extended) XYZ files are split into frames here (count line, comment line, atom lines,
+optional ``VEC`` lines) and each frame is parsed on its own, so a broken frame names its record and
+line and ``on_error="skip"`` continues past it. Other formats (and compressed XYZ) go through
+``ase.io.iread``; a parse error there ends the iterator, so it is raised (with the record index
+reached) even when skipping.
 """
 
 from __future__ import annotations
@@ -19,33 +22,51 @@ from ase.io.formats import filetype, ioformats
 from atomgfm.data.readers.base import (
     ReaderError,
     ReadOptions,
-    ReadResult,
     RecordError,
-    collect,
+    Records,
+    reader,
     where,
 )
-from atomgfm.registry import register
 
 XYZ_FORMATS = ("extxyz", "xyz")
+COMPRESSED = (".gz", ".bz2", ".xz")  # ASE decompresses these; our frame splitter does not
+# Database back ends are not files to iterate; every other format ASE can read is ours.
+_READABLE = tuple(sorted(name for name, f in ioformats.items()
+                         if f.can_read and name not in ("mysql", "postgresql")))
+_COMMON = (".extxyz", ".xyz", ".traj", ".cif", ".vasp", ".pdb", ".xsf", ".sdf")  # listed first
+_SUFFIXES = tuple(sorted(
+    {f".{ext}" for name in _READABLE for ext in ioformats[name].extensions}
+    | {f".{name}" for name in _READABLE if name.isalnum()},
+    key=lambda sfx: (sfx not in _COMMON, _COMMON.index(sfx) if sfx in _COMMON else 0, sfx)))
+_FORMATS = tuple(sorted(_READABLE, key=lambda f: ("." + f not in _COMMON, f)))
 
 
-@register("reader", "ase")
-def read_ase(path: str, options: ReadOptions, *, format: str | None = None) -> ReadResult:
-    """Read every record of ``path`` with ASE; ``format`` is ASE's name (guessed when None)."""
+def _ase_format(path: str) -> str | None:
+    """ASE's guess from the name alone (no reading), or None."""
+    try:
+        return filetype(path, read=False)
+    except Exception:  # ASE raises several types for names it cannot place
+        return None
+
+
+def _recognised(path: str) -> bool:
+    return _ase_format(path) in _READABLE
+
+
+@reader("ase", formats=_FORMATS, suffixes=_SUFFIXES, recognises=_recognised, generic=True,
+        folder_suffixes=_COMMON)
+def ase_records(path: str, options: ReadOptions, format: str | None = None) -> Records:
+    """Records of ``path`` read with ASE; ``format`` is ASE's name (guessed when None)."""
     path = str(path)
     if format is None:
-        try:
-            format = filetype(path, read=False)
-        except Exception as exc:  # ASE raises several types for unknown suffixes
-            raise ReaderError(
-                f"{path}: cannot tell the file format ({exc}); pass format=") from exc
-    if format not in ioformats:
+        format = _ase_format(path)
+        if format is None:
+            raise ReaderError(f"{path}: ASE cannot tell the file format; pass format=")
+    if format not in _READABLE:
         raise ReaderError(f"{path}: ASE has no reader for format {format!r}; pass format=")
-    if format in XYZ_FORMATS:
-        records = _xyz_records(path, format, options)
-    else:
-        records = _iread_records(path, format, options)
-    return collect(path, records, options.on_error)
+    if format in XYZ_FORMATS and not path.lower().endswith(COMPRESSED):
+        return _xyz_records(path, format, options)
+    return _iread_records(path, format, options)
 
 
 def _xyz_records(path: str, fmt: str, options: ReadOptions) -> Iterator:

@@ -1,48 +1,40 @@
-"""Shared pieces of every reader: results, skip reports, errors and ``atoms_to_structure``.
+"""Shared pieces of every reader: errors, skip reports, options and the reader spec.
 
-A reader turns a file into ``(index, build)`` pairs, where ``build()`` parses and converts one
-record into a validated :class:`~atomgfm.data.structure.Structure`. :func:`collect` runs them,
-re-raising or counting failures according to ``on_error``. Errors that make the *rest* of a file
-unreadable (lost frame boundaries, a dead ASE iterator) are :class:`ReaderError` raised by the
-reader itself and are never skipped: skipping must not silently drop good records.
+A reader is a function ``records(path, options, format)`` that yields ``(index, build)`` pairs
+lazily, where ``build()`` parses and converts one record into a validated
+:class:`~atomgfm.data.structure.Structure`. It is registered with :func:`reader`, which files a
+:class:`ReaderSpec` (formats, suffixes, backend packages) in the registry; dispatch by suffix or
+``format=`` is generated from those specs. :class:`~atomgfm.data.readers.stream.StructureStream`
+runs the builds, re-raising or counting failures according to ``on_error``.
+
+Per-record problems (:class:`RecordError`, :class:`StructureError`) are skippable. Errors that
+make the *rest* of a file unreadable (lost frame boundaries, a dead ASE iterator, a file that is
+not what its suffix says) are :class:`ReaderError` raised by the reader itself and are never
+skipped: skipping must not silently drop good records.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import importlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-import numpy as np
 from ase import Atoms
-from ase.calculators.singlepoint import SinglePointCalculator
 
+from atomgfm.data.readers.convert import (  # noqa: F401  (re-exported; calculators use them)
+    CHARGE_KEYS,
+    ENERGY_KEYS,
+    FORCES_KEYS,
+    SPIN_KEYS,
+    STRESS_KEYS,
+    atoms_to_structure,
+    charge_and_spin,
+)
 from atomgfm.data.structure import Structure, StructureError, _where
+from atomgfm.registry import register
 
 ON_ERROR = ("raise", "skip")
-
-# Label names accepted when the caller names no key. More than one present in a record is an
-# error (ambiguous), never a silent choice.
-ENERGY_KEYS = ("energy", "REF_energy", "total_energy")
-FORCES_KEYS = ("forces", "REF_forces")
-STRESS_KEYS = ("stress", "REF_stress")
-CHARGE_KEYS = ("charge", "total_charge")
-SPIN_KEYS = ("spin", "multiplicity")
-
-# Substring of a StructureError message -> short reason used in skip reports (first match wins).
-_REASONS = (
-    ("ambiguous", "ambiguous label"),
-    ("not numeric", "non-numeric label"),
-    ("unknown element", "unknown element"),
-    ("no atoms", "no atoms"),
-    ("non-finite energy", "non-finite energy"),
-    ("non-finite value in forces", "non-finite forces"),
-    ("forces has shape", "forces shape"),
-    ("missing cell", "missing cell"),
-    ("zero volume", "missing cell"),
-    ("stress", "stress"),
-    ("positions", "positions"),
-    ("energy must be a scalar", "energy shape"),
-)
+STORAGE_EXTRA = "pip install 'atomgfm[storage]'"  # the extra with every optional file backend
 
 
 class ReaderError(ValueError):
@@ -61,13 +53,13 @@ where = _where  # the location prefix every per-record message starts with (Stru
 
 
 def reason_for(exc: Exception) -> str:
-    if isinstance(exc, RecordError):
-        return exc.reason
-    msg = str(exc)
-    for needle, reason in _REASONS:
-        if needle in msg:
-            return reason
-    return "invalid structure"
+    """The skip-report key of a skippable error."""
+    return getattr(exc, "reason", "invalid structure")
+
+
+def with_note(exc: StructureError | RecordError, note: str) -> StructureError | RecordError:
+    """The same error (type and reason) with ``note`` appended, e.g. ``" (db row id 7)"``."""
+    return type(exc)(f"{exc}{note}", exc.reason)
 
 
 @dataclass
@@ -84,10 +76,12 @@ class SkipReport:
     def total(self) -> int:
         return sum(self.counts.values())
 
-    def add(self, index: int, reason: str, message: str) -> None:
+    def add(self, index: int, reason: str, message: str, source: str | None = None) -> None:
+        """Count one skipped record; ``source`` is its file when it differs from ``self.source``
+        (a folder of files)."""
         self.counts[reason] = self.counts.get(reason, 0) + 1
         if len(self.examples) < self.max_examples:
-            self.examples.append((self.source, index, message))
+            self.examples.append((self.source if source is None else source, index, message))
 
     def __str__(self) -> str:
         head = f"skipped {self.total} of {self.n_records} records in {self.source or '<memory>'}"
@@ -123,127 +117,86 @@ class ReadOptions:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
 
     def convert(self, atoms: Atoms, source: str, index: int) -> Structure:
-        return atoms_to_structure(
+        """One validated record, overlapping atoms included (what every reader's build calls)."""
+        structure = atoms_to_structure(
             atoms, dataset=self.dataset, source=source, index=index,
             energy_factor=self.energy_factor, length_factor=self.length_factor,
             energy_key=self.energy_key, forces_key=self.forces_key, stress_key=self.stress_key,
         )
+        structure.check_overlapping_atoms()
+        return structure
 
 
-def collect(
-    source: str, records: Iterable[tuple[int, Callable[[], Structure]]], on_error: str
-) -> ReadResult:
-    """Build every record; re-raise or count failures; refuse empty or fully skipped files."""
-    report = SkipReport(source=source)
-    out: list[Structure] = []
-    for index, build in records:
-        report.n_records += 1
-        try:
-            out.append(build())
-        except (StructureError, RecordError) as exc:
-            if on_error == "raise":
-                raise
-            report.add(index, reason_for(exc), str(exc))
-    if report.n_records == 0:
-        raise ReaderError(f"{source}: empty file, no records (nothing the reader recognises as a "
-                          "structure; wrong format?)")
-    if not out:
-        examples = "; ".join(msg for _, _, msg in report.examples)
-        raise ReaderError(f"{source}: every record was skipped ({report}). First: {examples}")
-    return ReadResult(out, report)
+# --- the reader spec that the registry holds --------------------------------------------------
+
+Build = Callable[[], Structure]
+Records = Iterator[tuple[int, Build]]
+RecordsFn = Callable[[str, ReadOptions, "str | None"], Records]
 
 
-# --- Atoms -> Structure ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReaderSpec:
+    """A registered reader: what it reads and the function that reads it.
 
-
-def atoms_to_structure(
-    atoms: Atoms,
-    *,
-    dataset: str = "",
-    source: str = "",
-    index: int = 0,
-    energy_factor: float = 1.0,
-    length_factor: float = 1.0,
-    energy_key: str | None = None,
-    forces_key: str | None = None,
-    stress_key: str | None = None,
-) -> Structure:
-    """Convert one ``ase.Atoms`` into a validated :class:`Structure` in eV / Å / e.
-
-    Labels come from a :class:`SinglePointCalculator`'s results, then ``atoms.info`` (energy,
-    stress) or ``atoms.arrays`` / ``atoms.info`` (forces). With no key given, the names in
-    ``ENERGY_KEYS`` / ``FORCES_KEYS`` / ``STRESS_KEYS`` are tried and more than one present is an
-    error. Never calls a calculator (no ``get_potential_energy``).
+    Attributes:
+        name: registry name (``registry.get("reader", name)`` returns this spec).
+        records: ``records(path, options, format)`` -> iterator of ``(index, build)``.
+        formats: names accepted as ``format=``.
+        suffixes: lower-case file suffixes (with the dot) this reader takes.
+        requires: importable backend packages; reading without them names what to install.
+        check: content test for a file with one of ``suffixes`` (e.g. JSON laid out as an ASE
+            database); a file that fails it goes to the next reader listing the suffix.
+        recognises: for files whose suffix no reader lists (``POSCAR``, ``OUTCAR``): True when
+            this reader can tell the format from the name.
+        generic: tried after every specific reader (the ``ase`` reader takes what ASE reads).
+        folder_suffixes: the suffixes taken when scanning a folder (default: ``suffixes``); the
+            ``ase`` reader leaves out generic ones such as ``.log``, ``.out``, ``.md``.
     """
-    at = where(source, index)
-    results = atoms.calc.results if isinstance(atoms.calc, SinglePointCalculator) else {}
-    ef, lf = float(energy_factor), float(length_factor)
 
-    energy = _label(at, "energy", energy_key, ENERGY_KEYS, (results, atoms.info))
-    forces = _label(at, "forces", forces_key, FORCES_KEYS, (results, atoms.arrays, atoms.info))
-    stress = _label(at, "stress", stress_key, STRESS_KEYS, (results, atoms.info))
-    charge, spin = charge_and_spin(atoms, at)
+    name: str
+    records: RecordsFn
+    formats: tuple[str, ...]
+    suffixes: tuple[str, ...]
+    requires: tuple[str, ...] = ()
+    check: Callable[[str], bool] | None = None
+    recognises: Callable[[str], bool] | None = None
+    generic: bool = False
+    folder_suffixes: tuple[str, ...] | None = None
 
-    used = {energy_key, forces_key, stress_key, *ENERGY_KEYS, *FORCES_KEYS, *STRESS_KEYS,
-            *CHARGE_KEYS, *SPIN_KEYS}
-    return Structure(
-        numbers=atoms.numbers.copy(),
-        positions=np.asarray(atoms.positions, dtype=np.float64) * lf,
-        cell=np.asarray(atoms.cell.array, dtype=np.float64) * lf,
-        pbc=atoms.pbc.copy(),
-        energy=None if energy is None else _numeric(at, "energy", energy) * ef,
-        forces=None if forces is None else _numeric(at, "forces", forces) * (ef / lf),
-        stress=None if stress is None else _numeric(at, "stress", stress) * (ef / lf**3),
-        charge=charge,
-        spin=spin,
-        dataset=dataset,
-        source=source,
-        index=index,
-        info={k: v for k, v in atoms.info.items() if k not in used},
-    )
+    def takes(self, path: str, suffix: str, in_folder: bool = False) -> bool:
+        """Whether this reader takes ``path`` (whose lower-case suffix is ``suffix``)."""
+        listed = self.folder_suffixes if in_folder and self.folder_suffixes else self.suffixes
+        return suffix in listed and (self.check is None or self.check(path))
 
-
-def charge_and_spin(atoms: Atoms, at: str = "<atoms>") -> tuple[float, float]:
-    """Total charge (``info`` charge/total_charge, else Σ initial_charges, else 0) and spin
-    multiplicity (``info`` spin/multiplicity, else 0 = not given)."""
-    charge = _scalar_info(at, atoms.info, CHARGE_KEYS)
-    if charge is None:
-        initial = atoms.arrays.get("initial_charges")
-        charge = float(np.sum(initial)) if initial is not None else 0.0
-    spin = _scalar_info(at, atoms.info, SPIN_KEYS)
-    return charge, 0.0 if spin is None else spin
+    def require(self, path: str) -> None:
+        """Raise :class:`ReaderError` naming the package to install when a backend is missing."""
+        for package in self.requires:
+            try:
+                importlib.import_module(package)
+            except ImportError:
+                raise ReaderError(
+                    f"{path}: reading {self.name} files needs the Python package {package!r}, "
+                    f"which is not installed: pip install {package} (or {STORAGE_EXTRA})"
+                ) from None
 
 
-def _label(at: str, what: str, key: str | None, defaults: tuple[str, ...], sources):
-    """First value of ``key`` across ``sources``; without a key, exactly one default name."""
-    if key is not None:
-        return next((s[key] for s in sources if key in s), None)
-    found = {}
-    for name in defaults:
-        for s in sources:
-            if name in s:
-                found.setdefault(name, s[name])
-    if len(found) > 1:
-        raise StructureError(
-            f"{at}: ambiguous {what}: found {sorted(found)}; pass {what}_key= to choose one")
-    return next(iter(found.values()), None)
+def reader(
+    name: str,
+    *,
+    formats: tuple[str, ...],
+    suffixes: tuple[str, ...],
+    requires: tuple[str, ...] = (),
+    check: Callable[[str], bool] | None = None,
+    recognises: Callable[[str], bool] | None = None,
+    generic: bool = False,
+    folder_suffixes: tuple[str, ...] | None = None,
+) -> Callable[[RecordsFn], RecordsFn]:
+    """Register ``records`` as the reader ``name`` (a :class:`ReaderSpec` in the registry)."""
 
+    def deco(records: RecordsFn) -> RecordsFn:
+        spec = ReaderSpec(name, records, tuple(formats), tuple(s.lower() for s in suffixes),
+                          tuple(requires), check, recognises, generic, folder_suffixes)
+        register("reader", name)(spec)
+        return records
 
-def _scalar_info(at: str, info: dict, names: tuple[str, ...]) -> float | None:
-    found = {n: info[n] for n in names if n in info and info[n] is not None}
-    values = {}
-    for name, value in found.items():
-        a = _numeric(at, name, value)
-        if a.size != 1:
-            raise StructureError(f"{at}: {name} must be a scalar, got shape {a.shape}")
-        values[name] = float(a.reshape(-1)[0])
-    if len(set(values.values())) > 1:
-        raise StructureError(f"{at}: ambiguous {names[0]}: {values} disagree")
-    return next(iter(values.values()), None)
-
-
-def _numeric(at: str, what: str, value) -> np.ndarray:
-    try:
-        return np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise StructureError(f"{at}: {what} is not numeric ({exc})") from None
+    return deco
