@@ -143,19 +143,25 @@ class StructureStream(Iterator[Structure]):
             if folder and os.path.getsize(path) == 0:
                 logger.warning("%s: empty file, no records (in folder %s)", path, self.source)
                 continue
-            for index, build in spec.records(path, options, format):
-                report.n_records += 1
-                try:
-                    structure = build()
-                except (StructureError, RecordError) as exc:
-                    if options.on_error == "raise":
-                        raise
-                    report.add(index, reason_for(exc), str(exc), source=path)
-                    continue
-                n_good += 1
-                for name, seen in labels.items():
-                    labels[name] = seen or getattr(structure, name) is not None
-                yield structure
+            records = spec.records(path, options, format)
+            try:
+                for index, build in records:
+                    report.n_records += 1
+                    try:
+                        structure = build()
+                    except (StructureError, RecordError) as exc:
+                        if options.on_error == "raise":
+                            raise
+                        report.add(index, reason_for(exc), str(exc), source=path)
+                        continue
+                    n_good += 1
+                    for name, seen in labels.items():
+                        labels[name] = seen or getattr(structure, name) is not None
+                    yield structure
+            finally:  # release the file now (an LMDB environment, an open text file)
+                close = getattr(records, "close", None)
+                if close is not None:
+                    close()
             if report.n_records == before and folder:
                 logger.warning("%s: no records (in folder %s)", path, self.source)
         if report.n_records == 0:
