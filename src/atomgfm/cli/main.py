@@ -37,7 +37,7 @@ def _train(args) -> int:
         cfg.train.out_dir = args.out_dir
     if args.max_steps:
         cfg.train.max_steps = args.max_steps
-    trainer = Trainer(cfg, resume=not args.restart)
+    trainer = Trainer.from_config(cfg, resume=not args.restart)
     metrics = trainer.fit()
     print(f"validation at the last step ({trainer.step}), EMA weights:")
     print(metrics_table(trainer.datasets, metrics))

@@ -48,6 +48,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     backbone: str = "painn"
+    preset: str | None = None  # the backbone's S | M | L settings; backbone_kwargs override them
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     head: str = "energy"  # registered head type, one instance per dataset
     head_hidden: int | None = None
@@ -151,6 +152,12 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         raise ConfigError(f"config.data.on_error: {cfg.data.on_error!r} is not raise|skip")
     if not 0.0 < cfg.data.val_fraction < 1.0:
         raise ConfigError("config.data.val_fraction must be in (0, 1)")
+    from atomgfm.models.build import backbone_settings
+
+    try:  # the backbone's typed settings: a wrong or unknown key is named now, not at build
+        backbone_settings(cfg.model)
+    except KeyError as exc:
+        raise ConfigError(f"config.model.backbone: {exc.args[0]}") from None
     return cfg
 
 

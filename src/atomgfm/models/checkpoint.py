@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from atomgfm.data.stats import GraphStats
 from atomgfm.models.build import build_model
 from atomgfm.models.derivatives import ForceField
 
@@ -167,8 +168,8 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu",
     EMA weights are used when the checkpoint has them and ``use_ema`` is set.
     """
     state = read_checkpoint(path, map_location)
-    names = [d["name"] for d in sorted(state["datasets"], key=lambda d: d["id"])]
-    model = build_model(state["config"]["model"], names)
+    table = sorted(state["datasets"], key=lambda d: d["id"])
+    model = build_model(state["config"]["model"], table, GraphStats.from_dict(state.get("stats")))
     if state["config"]["train"].get("precision") == "fp64":
         model = model.double()  # before loading, so fp64 weights are not rounded to fp32
     weights = state.get("ema") if use_ema and state.get("ema") is not None else state["model"]
