@@ -70,6 +70,9 @@ def test_round_trip_of_every_allowed_type(tmp_path):
     assert st["dtype"] is torch.float64 and st["datasets"][0]["states"] == [(0, 1)]
     torch.testing.assert_close(st["model"]["w"], torch.arange(3.0))
     assert sorted(os.listdir(tmp_path)) == ["c.pt"]  # no temp file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "c.pt").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
 
 @pytest.mark.parametrize("payload", [_OpenPayload, _SystemPayload])
@@ -160,6 +163,15 @@ def test_save_refuses_non_data_keys_and_missing_keys(tmp_path):
         save_checkpoint(tmp_path / "c.pt", _state(d={object(): 1}))
     with pytest.raises(KeyError, match="checkpoint state lacks 'elements'"):
         save_checkpoint(tmp_path / "c.pt", {k: v for k, v in _state().items() if k != "elements"})
+
+
+def test_a_read_checkpoint_can_be_saved_again(tmp_path):
+    save_checkpoint(tmp_path / "a.pt", _state(step=3))
+    state = read_checkpoint(tmp_path / "a.pt")
+    state["step"] = 4
+    save_checkpoint(tmp_path / "b.pt", state)
+    again = read_checkpoint(tmp_path / "b.pt")
+    assert again["format"] == FORMAT and again["step"] == 4
 
 
 def test_a_failed_save_keeps_the_old_file(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
+import uuid
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -71,20 +71,21 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     for key in REQUIRED:
         if key not in state:
             raise KeyError(f"checkpoint state lacks {key!r}")
-    if "format" in state:
-        raise KeyError("checkpoint state must not set 'format' (save_checkpoint writes it)")
-    _check_loadable(dict(state), "state")
+    state = {**state, "format": FORMAT}  # a state read back from a checkpoint may be re-saved
+    _check_loadable(state, "state")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # A unique temp name in the same folder (same file system for the rename; the usual umask
+    # permissions, unlike mkstemp's 0600).
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
+        with open(tmp, "xb") as f:
+            torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
