@@ -13,6 +13,7 @@ from atomgfm.models.build import build_model
 from atomgfm.registry import names
 from atomgfm.testing import physics
 
+
 def tiny(name: str) -> dict:
     """Every registered backbone, no list to edit: its S preset at a 4 Å cutoff."""
     return {"backbone": name, "preset": "S", "backbone_kwargs": {"cutoff": 4.0}}

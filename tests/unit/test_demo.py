@@ -61,6 +61,23 @@ def test_same_seed_same_bytes_other_seed_differs(corpora):
         assert (dirs["a"] / spec["path"]).read_bytes() != (dirs["c"] / spec["path"]).read_bytes()
 
 
+@pytest.mark.parametrize(("name", "method"), [("mol_gfn2", "GFN2-xTB"),
+                                              ("mol_gfn1", "GFN1-xTB")])
+def test_xtb_labels_are_xtb_for_the_stated_charge_and_spin(corpora, name, method):
+    """A charged or open-shell record recomputed with tblite at its stored charge and
+    multiplicity gives the stored energy and forces."""
+    from tblite.ase import TBLite
+
+    dirs, _ = corpora
+    records = read(dirs["a"] / f"{name}.extxyz", index=":", format="extxyz")
+    atoms = next(a for a in records if a.info["charge"] != 0 or a.info["spin"] != 1)
+    stored_e, stored_f = atoms.get_potential_energy(), atoms.get_forces()
+    atoms.calc = TBLite(method=method, charge=float(atoms.info["charge"]),
+                        multiplicity=int(atoms.info["spin"]), verbosity=0)
+    assert atoms.get_potential_energy() == pytest.approx(stored_e, abs=1e-6)
+    np.testing.assert_allclose(atoms.get_forces(), stored_f, atol=1e-5)
+
+
 def test_emt_labels_are_emt(corpora):
     from ase.calculators.emt import EMT
 

@@ -48,7 +48,11 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     from atomgfm.inference.evaluate import evaluate_checkpoint
 
-    evaluate_checkpoint(args.checkpoint, out_dir=args.out, split=args.split, device=args.device)
+    ev = evaluate_checkpoint(args.checkpoint, out_dir=args.out, split=args.split,
+                             device=args.device)
+    print(f"{args.checkpoint} (step {ev.step}), {ev.split} split:")
+    print(ev.table)
+    print(f"parity plots: {', '.join(str(p) for p in ev.plots)}")
     return 0
 
 

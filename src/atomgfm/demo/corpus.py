@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,6 +40,8 @@ from atomgfm.demo.molecules import (
     sample_species,
     species_catalogue,
 )
+
+log = logging.getLogger(__name__)
 
 DEMO_FILES = Path(__file__).resolve().parent / "files"
 DFT_FILE = "mol_pbe_svp.extxyz"
@@ -159,8 +162,7 @@ def generate_demo(out_dir: str | Path, seed: int = 0, progress: bool = True,
     with open(out / "datasets.yaml", "w", encoding="utf-8") as fh:
         yaml.safe_dump({"datasets": specs}, fh, sort_keys=False, allow_unicode=True)
     failed = {k: v for k, v in failures.items() if v}
-    if progress:
-        print(f"SCF/calculation failures retried with a new geometry: {failed or 'none'}")
+    log.info("SCF/calculation failures retried with a new geometry: %s", failed or "none")
     return specs
 
 

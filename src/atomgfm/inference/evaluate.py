@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -89,8 +90,9 @@ def metrics_table(datasets: list[LoadedDataset], metrics: dict, split: str = "va
 
 
 def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = None,
-                        split: str = "val", device: str = "auto") -> dict:
-    """Re-read the checkpoint's datasets (same deterministic split), evaluate, plot, print."""
+                        split: str = "val", device: str = "auto") -> Evaluation:
+    """Re-read the checkpoint's datasets (same deterministic split), evaluate, write the
+    metrics (JSON, markdown) and parity plots to ``out_dir``."""
     from atomgfm.config.schema import config_from_dict
     from atomgfm.inference.plots import parity_plots
     from atomgfm.models.checkpoint import load_model
@@ -124,7 +126,16 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = Non
     table = metrics_table(datasets, metrics, split)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out_dir / "metrics.md").write_text(table + "\n")
-    print(f"{checkpoint} (step {state.get('step')}), {split} split:")
-    print(table)
-    print(f"parity plots: {', '.join(str(p) for p in plots)}")
-    return metrics
+    return Evaluation(metrics, table, plots, state.get("step"), split)
+
+
+@dataclass
+class Evaluation:
+    """What ``evaluate_checkpoint`` measured: metrics per dataset, the markdown table (also in
+    ``out_dir/metrics.md``), the parity-plot paths, the checkpoint's step and the split."""
+
+    metrics: dict
+    table: str
+    plots: list[Path]
+    step: int | None
+    split: str
