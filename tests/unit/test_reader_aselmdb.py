@@ -335,3 +335,27 @@ def test_reading_writes_no_lock_file(tmp_path):
     read_structures(folder / "a.aselmdb")
     read_structures(folder)
     assert sorted(os.listdir(folder)) == before
+
+
+def test_a_dataset_can_be_a_folder_of_aselmdb_files(tmp_path):
+    """OMol25 ships folders of .aselmdb files: a dataset path may name the folder. The records of
+    every file are read, charge/spin reach the dataset table, and the provenance hash covers the
+    files (changing one changes it)."""
+    from atomgfm.config.schema import DataConfig, DatasetConfig
+    from atomgfm.data.sources import load_datasets
+
+    folder = tmp_path / "omol"
+    folder.mkdir()
+    rows = [row_dict(a, data={"charge": q, "spin": m}) for a, q, m in omol_rows()]
+    write_aselmdb(folder / "data0000.aselmdb", rows[:2])
+    write_aselmdb(folder / "data0001.aselmdb", rows[2:])
+    cfg = DataConfig(datasets=[DatasetConfig(name="omol", path=str(folder))], val_fraction=0.25)
+    (d,) = load_datasets(cfg)
+    assert len(d.train) + len(d.val) == 4
+    states = sorted((int(s.charge), int(s.spin)) for s in d.train + d.val)
+    assert states == sorted((q, m) for _, q, m in OMOL_STATES)
+    assert d.registry_entry()["states"] == sorted({(int(s.charge), int(s.spin))
+                                                    for s in d.train})
+    before = d.provenance
+    write_aselmdb(folder / "data0001.aselmdb", rows[2:3])
+    assert load_datasets(cfg)[0].provenance != before

@@ -13,9 +13,7 @@ import torch
 
 from atomgfm import keys as K
 from atomgfm.data.neighbors import neighbor_list
-from atomgfm.data.structure import Structure, StructureError
-
-MIN_DISTANCE = 0.1  # Å; closer pairs are overlapping atoms (a broken record), not chemistry
+from atomgfm.data.structure import MIN_DISTANCE, Structure, StructureError
 
 _INT_KEYS = frozenset({K.ATOMIC_NUMBERS, K.BATCH, K.N_ATOMS, K.DATASET, *K.INDEX_FIELDS})
 _BOOL_KEYS = frozenset({K.PBC, K.HAS_ENERGY, K.HAS_FORCES, K.HAS_STRESS})

@@ -28,7 +28,7 @@ from atomgfm import keys as K
 from atomgfm.config.schema import DataConfig, DatasetConfig
 from atomgfm.data.graph import structure_to_graph
 from atomgfm.data.neighbors import count_isolated
-from atomgfm.data.readers import read_structures
+from atomgfm.data.readers import iter_structures
 from atomgfm.data.references import Normalization, fit_references
 from atomgfm.data.stats import GraphStats, graph_stats
 from atomgfm.data.structure import Structure
@@ -101,17 +101,20 @@ def load_datasets(cfg: DataConfig) -> list[LoadedDataset]:
     out = []
     for ds_id, dc in enumerate(cfg.datasets):
         paths = [dc.path] if isinstance(dc.path, str) else list(dc.path)
-        files = [p if Path(p).is_absolute() else root / p for p in map(Path, paths)]
+        sources = [p if Path(p).is_absolute() else root / p for p in map(Path, paths)]
         structures: list[Structure] = []
         skipped = []
-        for f in files:
-            result = read_structures(f, dataset=dc.name, format=dc.format,
+        files: list[Path] = []  # a source may be a folder of files (OMat24/OMol25 layouts)
+        for source in sources:
+            stream = iter_structures(source, dataset=dc.name, format=dc.format,
                                      energy_unit=dc.energy_unit, length_unit=dc.length_unit,
                                      on_error=cfg.on_error)
-            structures.extend(result.structures)
-            if result.skipped.total:
-                skipped.append(str(result.skipped))
-                log.warning("dataset %s: %s", dc.name, result.skipped)
+            with stream:
+                structures.extend(stream)
+            files.extend(Path(f) for f in stream.files)
+            if stream.skipped.total:
+                skipped.append(str(stream.skipped))
+                log.warning("dataset %s: %s", dc.name, stream.skipped)
         # Seeded by the dataset's name, so reordering the config never reshuffles a split.
         seed = zlib.crc32(dc.name.encode()) + cfg.split_seed
         tr, va = split_indices(len(structures), cfg.val_fraction, seed)
