@@ -9,7 +9,9 @@ Rows per (workload, number of heads H), PaiNN F=64, 3 layers, cutoff 5 Å, fp32,
   own/stacked   each structure's own head (training and evaluation path): all H heads as one
                 batched product, combined by one-hot weights; energy + forces.
   own/loop      the same with the heads evaluated one at a time (the protocol's default).
-  all/encode1   every head's energy and forces (per_head=True): one encode, one batched backward.
+  all/batched   every head's energy and forces (per_head=True): one encode, one backward call
+                vectorised over the heads (ForceField.head_backward = "batched").
+  all/loop      the same, one encode and one backward per head over the kept graph ("loop").
   all/H runs    the same numbers from H separate own-head evaluations (H encodes, H backwards).
 Columns: structures/s and mean ms per batch (batches of --batch-size structures).
 """
@@ -102,7 +104,9 @@ def main() -> None:
                         bk[K.DATASET] = torch.full_like(b[K.DATASET], k)
                         ff(bk, forces=True)
 
-                rows["all/encode1"] = timed(all_heads, batches, args.min_seconds)
+                for mode in ("batched", "loop"):
+                    ff.head_backward = mode
+                    rows[f"all/{mode}"] = timed(all_heads, batches, args.min_seconds)
                 rows["all/H runs"] = timed(separate, batches, args.min_seconds)
             for mode, dt in rows.items():
                 print(f"{wname:<10}{H:>4}  {mode:<12}{n_per / dt:>14.1f}{1000 * dt:>10.1f}")

@@ -46,6 +46,8 @@ GATE = "gate"
 HEAD_ENERGY = "head_energy"
 # (n_atoms, 3, n_heads) float | forces of every chosen head (multi-head readout) | eV/Å
 HEAD_FORCES = "head_forces"
+# (n_structs, n_heads) float64 | weight of each head in ENERGY (one-hot: each structure's own) | -
+HEAD_WEIGHTS = "head_weights"
 
 PER_ATOM = frozenset({POSITIONS, ATOMIC_NUMBERS, BATCH, FORCES})
 PER_EDGE = frozenset({CELL_SHIFTS})

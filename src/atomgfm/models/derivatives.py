@@ -31,6 +31,12 @@ class ForceField(nn.Module):
         model: the multi-task energy model.
     """
 
+    #: How ``per_head`` forces are differentiated: "batched" (one backward call, vectorised
+    #: over heads by ``is_grads_batched``) or "loop" (one backward per head over the retained
+    #: graph). Both encode once. Measured on 2 CPU cores (benchmarks/readout.py): "loop" is
+    #: faster for periodic cells, where vmap's per-head copies of the edge tensors leave the cache.
+    head_backward: str = "loop"
+
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
@@ -92,11 +98,19 @@ class ForceField(nn.Module):
         if not inputs:
             return out
         if per_head and forces:
-            # Row 0: the combined energy; rows 1..H: each head. One batched backward for all.
-            totals = torch.cat([out[K.ENERGY].sum().unsqueeze(0), out[K.HEAD_ENERGY].sum(0)])
-            rows = _batched_grad(totals, inputs, create_graph)
-            out[K.HEAD_FORCES] = -rows[0][1:].permute(1, 2, 0)
-            grads = [r[0] for r in rows]
+            # Every head's own derivatives; the combination's follow by linearity (the weights
+            # are constants), so no extra backward: F = Σ_h w_h F_h, per structure.
+            if self.head_backward not in ("batched", "loop"):
+                raise ValueError(f"head_backward must be 'batched' or 'loop', got "
+                                 f"{self.head_backward!r}")
+            rows = _batched_grad(out[K.HEAD_ENERGY].sum(0), inputs, create_graph,
+                                 batched=self.head_backward == "batched")  # (H, *input) each
+            w = out[K.HEAD_WEIGHTS]
+            out[K.HEAD_FORCES] = -rows[0].permute(1, 2, 0)
+            w_atoms = torch.index_select(w, 0, batch[K.BATCH]).to(rows[0].dtype)  # (N, H)
+            grads = [torch.einsum("hnc,nh->nc", rows[0], w_atoms)]
+            if stress:
+                grads.append(torch.einsum("hsab,sh->sab", rows[-1], w.to(rows[-1].dtype)))
         else:
             grads = torch.autograd.grad(out[K.ENERGY].sum(), inputs, create_graph=create_graph,
                                         allow_unused=True)
@@ -113,18 +127,25 @@ class ForceField(nn.Module):
         return out
 
 
-def _batched_grad(totals: torch.Tensor, inputs: list[torch.Tensor],
-                  create_graph: bool) -> list[torch.Tensor]:
-    """∂totals[k]/∂input for every k, as one batched backward: one (K, *input.shape) tensor per
-    input. Ops without a batching rule fall back to one backward per row (logged at debug)."""
-    eye = torch.eye(totals.shape[0], dtype=totals.dtype, device=totals.device)
-    try:
-        grads = torch.autograd.grad(totals, inputs, grad_outputs=eye, create_graph=create_graph,
-                                    is_grads_batched=True, allow_unused=True)
-    except (RuntimeError, NotImplementedError) as exc:
-        log.debug("batched backward unavailable (%s); one backward per head", exc)
-        per_row = [torch.autograd.grad(t, inputs, retain_graph=True, create_graph=create_graph,
-                                       allow_unused=True) for t in totals]
+def _batched_grad(totals: torch.Tensor, inputs: list[torch.Tensor], create_graph: bool,
+                  batched: bool = True) -> list[torch.Tensor]:
+    """∂totals[k]/∂input for every k: one (K, *input.shape) tensor per input. ``batched``: one
+    backward call vectorised over k; otherwise, or for ops without a batching rule (logged at
+    debug), one backward per k over the retained graph."""
+    grads = None
+    if batched:
+        eye = torch.eye(totals.shape[0], dtype=totals.dtype, device=totals.device)
+        try:
+            grads = torch.autograd.grad(totals, inputs, grad_outputs=eye,
+                                        create_graph=create_graph, is_grads_batched=True,
+                                        allow_unused=True)
+        except (RuntimeError, NotImplementedError) as exc:
+            log.debug("batched backward unavailable (%s); one backward per head", exc)
+    if grads is None:
+        last = totals.shape[0] - 1
+        per_row = [torch.autograd.grad(t, inputs, retain_graph=create_graph or k < last,
+                                       create_graph=create_graph, allow_unused=True)
+                   for k, t in enumerate(totals)]
         grads = [None if rows[0] is None else torch.stack(rows)
                  for rows in zip(*per_row, strict=True)]
     return [torch.zeros((totals.shape[0], *x.shape), dtype=x.dtype, device=x.device)

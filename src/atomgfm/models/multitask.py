@@ -139,7 +139,8 @@ class MultiTaskModel(nn.Module):
             heads: heads to read out (default: all, in id order).
             weights: (n_structs, n_heads) blend of the heads per structure; default one-hot of
                 each structure's DATASET (needs ``heads`` None).
-            per_head: also return HEAD_ENERGY (n_structs, n_heads), each head on its own.
+            per_head: also return HEAD_ENERGY (n_structs, n_heads), each head on its own, and
+                HEAD_WEIGHTS, the weights used.
 
         Returns ENERGY (n_structs,) float64 eV, ATOM_ENERGY (n_atoms,), REFERENCE_ENERGY.
         """
@@ -162,4 +163,5 @@ class MultiTaskModel(nn.Module):
             out[K.REFERENCE_ENERGY] = (self.reference(batch, names) * weights).sum(-1)
         if per_head:
             out[K.HEAD_ENERGY] = scatter_sum(per_atom, batch[K.BATCH], n_structs)
+            out[K.HEAD_WEIGHTS] = weights
         return out
