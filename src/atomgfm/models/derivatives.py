@@ -6,8 +6,9 @@ kept (``create_graph``) only when the derivatives themselves are trained on.
 
 Whatever per-structure combination of heads the model gives (each structure's own head, or a
 blend by router weights) is differentiated once. ``per_head=True`` adds every chosen head's own
-energy and forces: one encode, and one batched backward (a vector-Jacobian product per head,
-vectorised by ``is_grads_batched``).
+energy and forces from one encode: a backward per head over the kept graph (or one call
+vectorised over the heads, ``head_backward = "batched"``); the combination's forces then follow by
+linearity.
 """
 
 from __future__ import annotations
