@@ -65,4 +65,9 @@ def test_missing_data_file_names_it(tmp_path, capsys):
 def test_info_without_checkpoint_lists_the_registry(capsys):
     assert main(["info"]) == 0
     registry = json.loads(capsys.readouterr().out)
-    assert "painn" in registry["backbone"] and {"ase", "ase_db"} <= set(registry["reader"])
+    assert {"ase", "ase_db", "aselmdb"} <= set(registry["reader"])
+    assert registry["reader"]["aselmdb"] == {"suffixes": ".aselmdb", "requires": ["lmdb"]}
+    painn = registry["backbone"]["painn"]
+    assert painn["feature_kind"] == "vectors" and set(painn["presets"]) == {"S", "M", "L"}
+    assert painn["settings"]["cutoff"] == {"default": 5.0, "range": [3.5, 6.5], "log": False}
+    assert registry["head"] == ["energy", "property"]
