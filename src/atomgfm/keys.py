@@ -40,6 +40,8 @@ ATOM_ENERGY = "atom_energy"  # (n_atoms,) float | per-atom energy incl. element 
 REFERENCE_ENERGY = "reference_energy"
 NODE_SCALARS = "node_scalars"  # (n_atoms, F) float | invariant node features from the backbone | -
 NODE_VECTORS = "node_vectors"  # (n_atoms, 3, F) float | equivariant vector features | -
+# (n_atoms, irreps.dim) float | e3nn irreps features; the backbone declares ``irreps_out`` | -
+NODE_IRREPS = "node_irreps"
 # (n_atoms,) float | isolation gate 1 - exp(-Σ_j f_cut(r_ij)): 0 for an atom without neighbours | -
 GATE = "gate"
 # (n_structs, n_heads) float64 | energy of every chosen head (multi-head readout) | eV

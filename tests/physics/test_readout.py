@@ -163,3 +163,20 @@ def test_property_head_follows_the_head_protocol(ff, structures):
     finally:
         del ff.model.heads["gap"]
         ff.model.dataset_names.remove("gap")
+
+
+def test_trainable_router_weights_get_the_same_gradient_with_per_head_outputs(ff, structures):
+    """Weights from a router's parameters (constant in the positions): the blended forces, and
+    the gradient of a force loss with respect to the router, are the same whether or not every
+    head's forces are also returned."""
+    batch = _batch(structures, [0, 0])
+    logits = torch.nn.Parameter(torch.tensor([[0.3, -0.2, 0.1], [0.0, 0.5, -0.4]],
+                                             dtype=torch.float64))
+    results = []
+    for per_head in (False, True):
+        out = ff(batch, heads=HEADS, weights=torch.softmax(logits, -1), per_head=per_head,
+                 create_graph=True, stress=True)
+        (grad,) = torch.autograd.grad(out[K.FORCES].pow(2).sum(), logits)
+        results.append((out[K.FORCES].detach(), out[K.STRESS].detach(), grad))
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)

@@ -102,10 +102,37 @@ def test_a_plain_pickle_is_refused_without_unpickling(tmp_path):
     _one_line_error(legacy, "(a bare pickle, not a torch zip file)")
 
 
-def test_numpy_inside_a_foreign_checkpoint_is_refused_on_read(tmp_path):
+def test_numpy_inside_a_checkpoint_is_refused_on_read(tmp_path):
+    """Only the first version's RNG record (one uint32 array under "rng") is admitted and
+    dropped; NumPy anywhere else, or of another type, is refused."""
     path = tmp_path / "np.pt"
-    torch.save({"format": FORMAT, **_state(), "rng": np.random.get_state()}, path)
+    torch.save({"format": FORMAT, **_state(), "weights": np.zeros(3)}, path)
     _one_line_error(path, "it asks to import numpy.")
+    both = tmp_path / "np2.pt"
+    torch.save({"format": FORMAT, **_state(), "rng": np.random.get_state(),
+                "extra": np.arange(3, dtype=np.uint32)}, both)
+    _one_line_error(both, "it asks to import numpy.")
+    rng_only = tmp_path / "np3.pt"
+    torch.save({"format": FORMAT, **_state(), "rng": np.random.get_state()}, rng_only)
+    assert "rng" not in read_checkpoint(rng_only)
+
+
+def test_a_checkpoint_of_the_first_version_still_predicts_the_same(tmp_path):
+    """tests/data/foundation/best.pt was written by atomgfm at 7fd7104 (tiny PaiNN, fp64, with
+    NumPy RNG state and no graph statistics); expected.json holds what that version predicted."""
+    import json
+    from pathlib import Path
+
+    from atomgfm.data.structure import Structure
+    from atomgfm.inference.predictor import Predictor
+
+    data = Path(__file__).resolve().parents[1] / "data" / "foundation"
+    expected = json.loads((data / "expected.json").read_text())
+    pred = Predictor.from_checkpoint(data / "best.pt", device="cpu")
+    s = Structure(expected["numbers"], expected["positions"], expected["cell"], [True] * 3)
+    r = pred.predict([s], head="bulk")[0]
+    assert r["energy"] == pytest.approx(expected["energy"], abs=1e-10)
+    np.testing.assert_allclose(r["forces"], expected["forces"], atol=1e-10)
 
 
 def test_truncated_and_empty_files(tmp_path):

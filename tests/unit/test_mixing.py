@@ -134,3 +134,20 @@ def test_packed_batches_also_respect_an_edge_limit():
     sizes, edges = np.array([10, 10, 10, 10]), np.array([500, 500, 50, 50])
     assert packed_batches(sizes, 100, 10, edges, max_edges=600) == [[0], [1, 2, 3]]
     assert packed_batches(sizes, 100, 10) == [[0, 1, 2, 3]]
+
+
+def test_a_single_dataset_epoch_is_a_uniform_shuffle():
+    """Each epoch's order comes from its own stream: with 3 records all 6 orders occur, each
+    about equally often over 600 epochs (the dataset's permutation and the interleaving must not
+    share a random stream, which would make the order a permutation squared)."""
+    s = MixedBatchSampler([np.full(3, 1)], [1.0], seed=4)
+    orders = [tuple(s.epoch_items(e)[:, 1].tolist()) for e in range(600)]
+    counts = {o: orders.count(o) for o in set(orders)}
+    assert len(counts) == 6
+    assert min(counts.values()) > 60 and max(counts.values()) < 140  # expected 100 each
+
+
+def test_a_dataset_with_probability_zero_is_never_drawn():
+    s = MixedBatchSampler([np.full(5, 1), np.full(5, 1)], [1.0, 0.0], max_atoms=3, seed=0)
+    items = s.epoch_items(0)
+    assert len(items) == 10 and set(items[:, 0].tolist()) == {0}

@@ -54,7 +54,8 @@ def oversampling(sizes: Mapping[str, int], probs: Mapping[str, float]) -> dict[s
 
 def epoch_counts(sizes: list[int], probs: np.ndarray, length: int) -> np.ndarray:
     """Draws per dataset in an epoch of ``length`` draws: p_d · length, rounded by largest
-    remainder so they sum to ``length``; every dataset with p_d > 0 gets at least one."""
+    remainder so they sum to ``length``; every dataset with p_d > 0 gets at least one (so an
+    epoch is longer than ``length`` when a dataset's share rounds to zero)."""
     exact = np.asarray(probs, dtype=np.float64) * length
     counts = np.floor(exact).astype(np.int64)
     order = np.argsort(-(exact - counts), kind="stable")
@@ -103,17 +104,24 @@ class MixedBatchSampler:
         self._items: np.ndarray | None = None  # this rank's share of the current epoch, (n, 2)
 
     def epoch_items(self, epoch: int) -> np.ndarray:
-        """All draws of ``epoch`` (every rank's), (epoch_length, 2): dataset id, record index."""
+        """All draws of ``epoch`` (every rank's), (n, 2): dataset id, record index."""
         counts = epoch_counts([len(s) for s in self.sizes], self.probs, self.epoch_length)
         per_dataset = []
         for d, (k, sizes) in enumerate(zip(counts, self.sizes, strict=True)):
-            rng = np.random.default_rng([self.seed, epoch, d])
+            if k == 0:  # drawn with probability 0 (an explicit ratio of 0)
+                continue
+            rng = self._rng(epoch, d + 1)
             passes = -(-int(k) // len(sizes))
             idx = np.concatenate([rng.permutation(len(sizes)) for _ in range(passes)])[:k]
             per_dataset.append(np.stack([np.full(k, d), idx], axis=1))
         items = np.concatenate(per_dataset)
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(items))
-        return items[order]
+        return items[self._rng(epoch, 0).permutation(len(items))]
+
+    def _rng(self, epoch: int, stream: int) -> np.random.Generator:
+        """An independent generator per (seed, epoch, stream): stream 0 interleaves the datasets,
+        stream d + 1 shuffles dataset d (spawn keys keep the streams apart)."""
+        return np.random.default_rng(np.random.SeedSequence(self.seed,
+                                                            spawn_key=(epoch, stream)))
 
     def _share(self) -> np.ndarray:
         if self._items is None:
@@ -153,13 +161,19 @@ class MixedBatchSampler:
         if "epoch" not in state:
             raise ValueError("sampler state from an older atomgfm version (it stored "
                              "permutations); restart the run with --restart")
-        if state["world_size"] != self.world_size or state["epoch_length"] != self.epoch_length:
+        if state.get("world_size") != self.world_size or state["epoch_length"] != self.epoch_length:
             raise ValueError(
                 f"the checkpoint was written by {state['world_size']} rank(s) with epochs of "
                 f"{state['epoch_length']} draws; this run has {self.world_size} rank(s) and "
                 f"{self.epoch_length}: resume with the same world size and data (each rank's "
                 "position in the epoch depends on how its batches were packed)")
-        self.seed, self.epoch, self.cursor = state["seed"], state["epoch"], state["cursor"]
+        epoch, cursor = state["epoch"], state["cursor"]
+        if "ranks" in state:  # a checkpoint of every rank's position: take this rank's
+            epoch, cursor = state["ranks"][self.rank]
+        elif state.get("rank", 0) != self.rank:
+            raise ValueError(f"sampler state of rank {state.get('rank')} given to rank "
+                             f"{self.rank}")
+        self.seed, self.epoch, self.cursor = state["seed"], int(epoch), int(cursor)
         self._items = None
 
 

@@ -154,9 +154,6 @@ class GraphList(Sequence):
         return self.graphs[i]
 
 
-GraphSet = GraphList  # the name used before graph sources had a protocol
-
-
 def build_graphs(structures: list[Structure], cutoff: float, dataset_id: int,
                  desc: str = "graphs", progress: bool = True) -> GraphList:
     graphs = [structure_to_graph(s, cutoff, dataset_id)
@@ -207,7 +204,7 @@ def prepare_data(cfg: DataConfig, cutoff: float, datasets: list[LoadedDataset] |
     train = [build_graphs(d.train, cutoff, d.id, f"graphs {d.name}/train", progress)
              for d in datasets]
     val = [build_graphs(d.val, cutoff, d.id, f"graphs {d.name}/val", progress) for d in datasets]
-    stats = graph_stats(g for source in train for g in source.graphs)
+    stats = graph_stats(source[i] for source in train for i in range(len(source)))
     return PreparedData([d.registry_entry() for d in datasets], train, val, stats, float(cutoff),
                         datasets)
 

@@ -98,8 +98,13 @@ class Predictor:
         for idx in self.pack(graphs, **limits):
             batch = collate([graphs[i] for i in idx], self.dtype, self.device)
             want_stress = bool(batch[K.PBC].all(1).any()) if stress is None else stress
+            # One head for the whole batch: read out only that head, not every head.
+            names = sorted({head or structures[i].dataset for i in idx})
+            one = ({"heads": names, "weights": torch.ones((len(idx), 1), dtype=torch.float64,
+                                                          device=self.device)}
+                   if len(names) == 1 else {})
             with autocast(self.precision, self.device):
-                out = self.model(batch, forces=forces, stress=want_stress)
+                out = self.model(batch, forces=forces, stress=want_stress, **one)
             energy = out[K.ENERGY].detach().double().cpu().numpy()
             f = out[K.FORCES].detach().double().cpu().numpy() if forces else None
             st = out[K.STRESS].detach().double().cpu().numpy() if want_stress else None

@@ -68,8 +68,10 @@ def build_model(model_cfg, datasets: list[dict] | list[str], stats: GraphStats |
     settings = backbone_settings(cfg)
     if seed is None:
         return _build(cfg, settings, entries, names, stats)
+    # Parameters are created on the CPU: seed only the CPU generator (torch.manual_seed would
+    # also reseed every CUDA device's), and restore it afterwards.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.random.default_generator.manual_seed(seed)
         return _build(cfg, settings, entries, names, stats)
 
 

@@ -133,6 +133,41 @@ def _load_reason(exc: Exception) -> str:
     return f"unreadable: {first[:120]}"
 
 
+def _load_foundation_checkpoint(path: Path, map_location, first: Exception) -> dict:
+    """Checkpoints of the first atomgfm version kept ``np.random.get_state()`` under "rng": one
+    uint32 array. Exactly that array type is admitted (no other NumPy type, nothing callable),
+    and the key is dropped: the library no longer keeps global RNG state."""
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # NumPy < 2
+        from numpy.core.multiarray import _reconstruct
+    allowed = [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception:  # noqa: BLE001 - report the first refusal, it names the import
+        raise _not_a_checkpoint(path, _load_reason(first)) from None
+    if isinstance(state, dict):
+        state.pop("rng", None)
+        if _holds_numpy(state):
+            raise _not_a_checkpoint(path, _load_reason(first))
+    return state
+
+
+def _holds_numpy(obj) -> bool:
+    import numpy as np
+
+    if isinstance(obj, np.ndarray | np.generic):
+        return True
+    if isinstance(obj, dict):
+        return any(_holds_numpy(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return any(_holds_numpy(v) for v in obj)
+    return False
+
+
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """The checkpoint dict, loaded as data (``weights_only=True``: no code runs).
 
@@ -148,6 +183,10 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise _not_a_checkpoint(path, reason)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "GLOBAL numpy" not in str(exc):
+            raise _not_a_checkpoint(path, _load_reason(exc)) from None
+        state = _load_foundation_checkpoint(path, map_location, exc)
     except Exception as exc:  # noqa: BLE001 - any failure means "not a checkpoint", one line
         raise _not_a_checkpoint(path, _load_reason(exc)) from None
     if not isinstance(state, dict):

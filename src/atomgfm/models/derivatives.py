@@ -99,14 +99,16 @@ class ForceField(nn.Module):
         if not inputs:
             return out
         if per_head and forces:
-            # Every head's own derivatives; the combination's follow by linearity (the weights
-            # are constants), so no extra backward: F = Σ_h w_h F_h, per structure.
+            # Every head's own derivatives; the combination's follow by linearity, so no extra
+            # backward: F = Σ_h w_h F_h per structure. Exact because the weights cannot depend on
+            # the positions differentiated here (they come from outside, e.g. a composition
+            # router); with create_graph they stay differentiable for training a router.
             if self.head_backward not in ("batched", "loop"):
                 raise ValueError(f"head_backward must be 'batched' or 'loop', got "
                                  f"{self.head_backward!r}")
+            w = out[K.HEAD_WEIGHTS]
             rows = _batched_grad(out[K.HEAD_ENERGY].sum(0), inputs, create_graph,
                                  batched=self.head_backward == "batched")  # (H, *input) each
-            w = out[K.HEAD_WEIGHTS]
             out[K.HEAD_FORCES] = -rows[0].permute(1, 2, 0)
             w_atoms = torch.index_select(w, 0, batch[K.BATCH]).to(rows[0].dtype)  # (N, H)
             grads = [torch.einsum("hnc,nh->nc", rows[0], w_atoms)]

@@ -121,7 +121,8 @@ class EnergyHead(Head):
                 gate: torch.Tensor) -> torch.Tensor:
         """All heads in one product: their first layers concatenated, (n, F) @ (F, H·hidden),
         their second layers as one batched dot product. (n, 1, H) float64 eV."""
-        if len({h.hidden for h in heads}) != 1 or len(heads) == 1:
+        if (cls is not EnergyHead or len(heads) == 1  # a subclass may change the MLP
+                or len({h.hidden for h in heads}) != 1):
             return super().stacked(heads, s, numbers, gate)
         n, H, hidden = s.shape[0], len(heads), heads[0].hidden
         w1 = torch.cat([h.mlp[0].weight for h in heads])  # (H·hidden, F)
@@ -142,7 +143,7 @@ class PropertyHead(Head):
 
     Regression: ``out_dim=1``, ``reduce="mean"`` (intensive, e.g. a band gap in eV) or ``"sum"``
     (extensive). Classification: ``out_dim`` = number of classes, ``reduce="mean"``, outputs are
-    logits. Per-atom MLP outputs are pooled over each structure's atoms, plus a learned bias.
+    logits. Per-atom MLP outputs are pooled over each structure's atoms.
 
     Args:
         num_features: width of the backbone's scalar features.

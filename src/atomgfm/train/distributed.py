@@ -16,9 +16,15 @@ def is_distributed() -> bool:
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum ``t`` over ranks (in place, returned); unchanged in one process."""
+    """Sum ``t`` over ranks (in place, returned); unchanged in one process. Under NCCL a CPU
+    tensor makes the trip through the current CUDA device."""
     if is_distributed():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        if dist.get_backend() == "nccl" and t.device.type != "cuda":
+            on_device = t.to(torch.device("cuda", torch.cuda.current_device()))
+            dist.all_reduce(on_device, op=dist.ReduceOp.SUM)
+            t.copy_(on_device)
+        else:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 

@@ -111,8 +111,20 @@ class Trainer:
         self.skipped_steps = 0
         self.best = float("inf")
         self.timer = PhaseTimer(self.device)
-        if resume and (self.out_dir / "last.pt").exists():
+        if resume and self._agree_on_resume():
             self._resume(self.out_dir / "last.pt")
+
+    def _agree_on_resume(self) -> bool:
+        """Whether ``last.pt`` exists, decided alike on every rank (or an error)."""
+        exists = (self.out_dir / "last.pt").exists()
+        if self.world_size > 1:
+            votes = self.reduce(torch.tensor([float(exists)], dtype=torch.float64,
+                                             device=self.device))
+            if 0 < float(votes) < self.world_size:
+                raise RuntimeError(f"{self.out_dir / 'last.pt'} is visible to {int(votes)} of "
+                                   f"{self.world_size} ranks: out_dir must be on a filesystem "
+                                   "every rank shares")
+        return exists
 
     @classmethod
     def from_config(cls, cfg: Config, datasets: list[LoadedDataset] | None = None,
@@ -169,9 +181,20 @@ class Trainer:
         return open(path, "a")
 
     # ------------------------------------------------------------------ state
-    def state(self, metrics: dict | None = None) -> dict:
+    def sampler_state(self) -> dict:
+        """The sampler's state with every rank's (epoch, cursor) in ``ranks``: a collective
+        call (every rank must make it), through the reduce function."""
+        st = self.sampler.state_dict()
+        rows = torch.zeros((self.world_size, 2), dtype=torch.float64, device=self.device)
+        rows[self.rank] = torch.tensor([st["epoch"], st["cursor"]], dtype=torch.float64)
+        if self.world_size > 1:
+            rows = self.reduce(rows)
+        st["ranks"] = [[int(e), int(c)] for e, c in rows.tolist()]
+        return st
+
+    def state(self, metrics: dict | None = None, sampler: dict | None = None) -> dict:
         """Everything a checkpoint holds: tensors and plain containers only (it is loaded with
-        ``weights_only=True``)."""
+        ``weights_only=True``). ``sampler``: from ``sampler_state()`` (all ranks' positions)."""
         return {
             "model": self.model.state_dict(),
             "ema": self.ema.module.state_dict() if self.ema else None,
@@ -183,7 +206,7 @@ class Trainer:
             "mixing": self.probs,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "sampler": self.sampler.state_dict(),
+            "sampler": sampler if sampler is not None else self.sampler_state(),
             "step": self.step,
             "skipped_steps": self.skipped_steps,
             "best": self.best,
@@ -227,6 +250,9 @@ class Trainer:
         with self.timer("backward"):
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+        if self.world_size > 1:
+            with self.timer("allreduce"):
+                self._average_gradients()
         with self.timer("optimizer"):
             gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
             # One decision for all ranks: a step is skipped everywhere if any rank saw NaN/inf.
@@ -245,6 +271,18 @@ class Trainer:
         return {"loss": float(loss.detach()), **parts, "grad_norm": float(gnorm),
                 "lr": self.scheduler.get_last_lr()[0], "atoms": int(batch[K.N_ATOMS].sum()),
                 "structures": len(items), "skipped_steps": self.skipped_steps}
+
+    def _average_gradients(self) -> None:
+        """Mean of every rank's gradients, as one flat tensor through the reduce function (the
+        plain form of what DDP does; a parameter without a gradient contributes zeros)."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                          for p in params])
+        flat = self.reduce(flat) / self.world_size
+        offset = 0
+        for p in params:
+            p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
 
     def evaluate(self, keep_values: bool = False) -> MetricAccumulator:
         """Validation errors per dataset (EMA weights when EMA is on), summed over ranks."""
@@ -291,13 +329,16 @@ class Trainer:
                 score = _score(metrics, self.table)
                 _write(logfile, {"kind": "val", "step": self.step, "score": score,
                                  "metrics": metrics})
-                improved = score <= self.best or not (self.out_dir / "best.pt").exists()
+                # Decided from the reduced score alone, so every rank agrees.
+                improved = score <= self.best
                 if improved:
                     self.best = score
+                sampler = self.sampler_state()  # collective: every rank takes part
                 if main:
+                    state = self.state(metrics, sampler)
                     if improved:
-                        save_checkpoint(self.out_dir / "best.pt", self.state(metrics))
-                    save_checkpoint(self.out_dir / "last.pt", self.state(metrics))
+                        save_checkpoint(self.out_dir / "best.pt", state)
+                    save_checkpoint(self.out_dir / "last.pt", state)
                 t0 = time.perf_counter()  # evaluation time is not training throughput
         bar.close()
         if logfile is not None:

@@ -8,7 +8,8 @@ A backbone class declares, besides its ``forward``:
   so a wrong type or an unknown key is an error that names the key.
 * ``presets``: ``{"S": {...}, "M": {...}, "L": {...}}``, overrides of ``Settings`` defaults.
 * ``feature_kind``: ``"scalars"`` (invariant features only), ``"vectors"`` (adds
-  ``NODE_VECTORS`` (n_atoms, 3, F_v)) or ``"irreps"`` (e3nn irreps in ``NODE_IRREPS``).
+  ``NODE_VECTORS`` (n_atoms, 3, F_v)) or ``"irreps"`` (e3nn irreps in ``NODE_IRREPS``, described
+  by the instance's ``irreps_out``). Heads read ``NODE_SCALARS`` in every case.
 * ``needs``: batch fields beyond atoms and edges it reads (e.g. ``{keys.TRIPLET_INDEX}``).
 
 Its constructor takes the settings as keywords plus ``elements`` (atomic numbers of the training
