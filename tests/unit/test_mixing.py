@@ -151,3 +151,13 @@ def test_a_dataset_with_probability_zero_is_never_drawn():
     s = MixedBatchSampler([np.full(5, 1), np.full(5, 1)], [1.0, 0.0], max_atoms=3, seed=0)
     items = s.epoch_items(0)
     assert len(items) == 10 and set(items[:, 0].tolist()) == {0}
+
+
+def test_batches_also_close_at_the_edge_limit():
+    atoms = [np.full(40, 4)]
+    edges = [np.full(40, 30)]  # dense cells: 30 edges each
+    s = MixedBatchSampler(atoms, [1.0], max_atoms=1000, max_structures=100, seed=0,
+                          edges_per_structure=edges, max_edges=100)
+    assert [len(s.next_batch()) for _ in range(3)] == [3, 3, 3]  # 90 edges each, not 120
+    with pytest.raises(ValueError, match="max_edges needs edges_per_structure"):
+        MixedBatchSampler(atoms, [1.0], max_edges=100)

@@ -42,6 +42,7 @@ class DataConfig:
     ratios: dict[str, float] | None = None
     max_atoms_per_batch: int = 512
     max_structures_per_batch: int = 64
+    max_edges_per_batch: int | None = None  # also close a batch at this many edges (manifest)
     on_error: str = "raise"  # raise | skip (skips are counted and reported)
 
 

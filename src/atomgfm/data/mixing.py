@@ -73,8 +73,9 @@ class MixedBatchSampler:
     reshuffled passes over the dataset, and all datasets interleaved by a seeded shuffle. Rank r
     of ``world_size`` takes every world_size-th draw starting at r, so ranks never overlap and
     together cover the epoch. A batch closes when the next structure would push it past
-    ``max_atoms`` atoms or ``max_structures`` structures; a structure larger than ``max_atoms``
-    forms a batch alone. The state is (seed, epoch, cursor): the position in this rank's share.
+    ``max_atoms`` atoms, ``max_structures`` structures or (with the manifest's edge counts)
+    ``max_edges`` edges; a structure larger than a limit forms a batch alone. The state is
+    (seed, epoch, cursor): the position in this rank's share.
 
     Args:
         atoms_per_structure: one int array per dataset (id order), from the size manifest.
@@ -83,7 +84,9 @@ class MixedBatchSampler:
 
     def __init__(self, atoms_per_structure: list[np.ndarray], probs: list[float],
                  max_atoms: int = 512, max_structures: int = 64, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, epoch_length: int | None = None) -> None:
+                 world_size: int = 1, epoch_length: int | None = None,
+                 edges_per_structure: list[np.ndarray] | None = None,
+                 max_edges: int | None = None) -> None:
         if len(atoms_per_structure) != len(probs):
             raise ValueError("one probability per dataset is required")
         if max_atoms < 1 or max_structures < 1:
@@ -91,6 +94,11 @@ class MixedBatchSampler:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in 0..world_size-1, got rank {rank} of {world_size}")
         self.sizes = [np.asarray(a, dtype=np.int64) for a in atoms_per_structure]
+        if max_edges is not None and edges_per_structure is None:
+            raise ValueError("max_edges needs edges_per_structure (the manifest's edge counts)")
+        self.edges = (None if max_edges is None
+                      else [np.asarray(e, dtype=np.int64) for e in edges_per_structure])
+        self.max_edges = None if max_edges is None else int(max_edges)
         if any(len(s) == 0 for s in self.sizes):
             raise ValueError("every dataset needs at least one training record")
         self.probs = np.asarray(probs, dtype=np.float64) / np.sum(probs)
@@ -137,14 +145,17 @@ class MixedBatchSampler:
 
     def next_batch(self) -> list[tuple[int, int]]:
         batch: list[tuple[int, int]] = []
-        atoms = 0
+        atoms = edges = 0
         while len(batch) < self.max_structures:
             item = self.peek()
             n = int(self.sizes[item[0]][item[1]])
-            if batch and atoms + n > self.max_atoms:
+            e = int(self.edges[item[0]][item[1]]) if self.edges is not None else 0
+            if batch and (atoms + n > self.max_atoms
+                          or (self.max_edges is not None and edges + e > self.max_edges)):
                 break
             batch.append(item)
             atoms += n
+            edges += e
             self.cursor += 1
         return batch
 

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 def evaluate_graphs(model, graph_sets: list[GraphSource], names: list[str], *, precision: str,
                     device: torch.device, dtype: torch.dtype, max_atoms: int = 512,
                     max_structures: int = 64, keep_values: bool = False, rank: int = 0,
-                    world_size: int = 1) -> MetricAccumulator:
+                    world_size: int = 1, max_edges: int | None = None) -> MetricAccumulator:
     """Energy/force/stress errors of ``model`` on every graph source (datasets in id order).
 
     With ``world_size`` > 1, this process evaluates every world_size-th batch starting at
@@ -33,7 +33,7 @@ def evaluate_graphs(model, graph_sets: list[GraphSource], names: list[str], *, p
     model.eval()
     acc = MetricAccumulator(names, keep_values)
     for gs in graph_sets:
-        batches = packed_batches(gs.n_atoms, max_atoms, max_structures)
+        batches = packed_batches(gs.n_atoms, max_atoms, max_structures, gs.n_edges, max_edges)
         for idx in batches[rank::world_size]:
             batch = collate([gs[i] for i in idx], dtype, device)
             with autocast(precision, device):

@@ -98,7 +98,9 @@ class Trainer:
                                          [self.probs[n] for n in self.names],
                                          cfg.data.max_atoms_per_batch,
                                          cfg.data.max_structures_per_batch, seed=tc.seed,
-                                         rank=rank, world_size=world_size)
+                                         rank=rank, world_size=world_size,
+                                         edges_per_structure=[g.n_edges for g in self.train_sets],
+                                         max_edges=cfg.data.max_edges_per_batch)
         self.data_summary = self._data_summary(sizes)
         self.optimizer, self.scheduler = build_optimizer(self.model, tc)
         self.scales = torch.tensor([d["normalization"]["scale"] for d in self.table],
@@ -291,6 +293,7 @@ class Trainer:
                               device=self.device, dtype=self.dtype,
                               max_atoms=self.cfg.data.max_atoms_per_batch,
                               max_structures=self.cfg.data.max_structures_per_batch,
+                              max_edges=self.cfg.data.max_edges_per_batch,
                               keep_values=keep_values, rank=self.rank,
                               world_size=self.world_size)
         return acc.reduce(self.reduce)
