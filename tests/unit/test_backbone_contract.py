@@ -139,3 +139,8 @@ def test_seeded_build_is_reproducible_and_leaves_the_global_rng_alone():
     c = build_model({"preset": "S"}, ["x"], seed=8)
     w = "model.backbone.embedding.element.weight"
     assert not np.allclose(a.state_dict()[w].numpy(), c.state_dict()[w].numpy())
+
+
+def test_dataset_heads_must_be_energy_heads():
+    with pytest.raises(ValueError, match=r"model.head 'property' is not an energy head"):
+        build_model({"preset": "S", "head": "property"}, ["a"])

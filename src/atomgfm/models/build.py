@@ -83,6 +83,10 @@ def _build(cfg, settings, entries, names, stats) -> ForceField:
     except (TypeError, ValueError) as exc:
         raise ValueError(f"bad settings for backbone {cfg.get('backbone')!r}: {exc}") from None
     head_cls = get("head", cfg.get("head", "energy"))
+    if head_cls.kind != "energy":
+        raise ValueError(f"model.head {cfg.get('head')!r} is not an energy head: each dataset's "
+                         "head gives its energy (structure-level property heads are added "
+                         "beside them, e.g. when fine-tuning)")
     model = ForceField(MultiTaskModel(backbone, names, cfg.get("head_hidden"), head_cls))
     for d in entries:
         norm = d.get("normalization")
