@@ -90,11 +90,22 @@ def test_isolated_atoms_get_their_reference_energy(ff):
     np.testing.assert_allclose(out[K.FORCES], 0.0, atol=1e-12)
 
 
-def test_energy_is_continuous_at_the_cutoff(ff):
-    cutoff = ff.cutoff
+def test_energy_and_forces_are_continuous_at_the_cutoff(ff):
+    """A pair pulled from r_c − 1e-4 Å to r_c + 1e-4 Å changes E by < 1e-6 eV (and forces by
+    < 1e-3 eV/Å), with the moving atom still bonded to another."""
+    physics.assert_continuous_at_cutoff(ff)
+    cutoff = ff.cutoff  # and a lone dimer, which the isolation gate switches off smoothly
     e = [physics.evaluate(ff, [Structure([29, 29], [[0, 0, 0], [r, 0, 0]])])[K.ENERGY][0]
          for r in (cutoff - 1e-4, cutoff + 1e-4)]
     assert abs(e[0] - e[1]) < 1e-6
+
+
+def test_fp32_and_bf16_stay_close_to_fp64(ff, cell, radical):
+    """The same weights in fp32 agree with fp64 to rounding; bf16 autocast within its
+    precision (8 bits of mantissa). The errors are what docs/models.md reports."""
+    err = physics.precision_errors(ff, [cell, radical], [0, 1])
+    assert err["fp32_energy_eV_atom"] < 1e-5 and err["fp32_forces_eV_A"] < 1e-4, err
+    assert err["bf16_energy_eV_atom"] < 0.05 and err["bf16_forces_eV_A"] < 0.5, err
 
 
 def test_charge_and_spin_enter_only_through_their_parameters(ff, radical):

@@ -158,3 +158,55 @@ def assert_heads_isolated(ff, structures: list[Structure], dataset_ids: list[int
                 f"head {k} changed predictions of other datasets (train={mode})")
             assert np.all(after[own] != before[own]), f"head {k} does not act on its own data"
     ff.train(was_training)
+
+
+def assert_continuous_at_cutoff(ff, delta: float = 1e-4, e_tol: float = 1e-6,
+                                f_tol: float = 1e-3, dataset_id: int = 0) -> None:
+    """Energy and forces continuous as a neighbour crosses the cutoff r_c.
+
+    Three atoms on a line: A at 0, B at +d, C at −x with x = r_c − d ± delta, so C stays bonded
+    to A (the isolation gate stays on) while the C–B pair crosses r_c. Moving C also stretches
+    A–C, a smooth change, so the energy step is compared with the work of the mean force over
+    the move: |E₊ − E₋ + F̄·Δx| < ``e_tol`` eV (a jump at the cutoff shows up whole, the smooth
+    part cancels to O(delta²)); every force component must change by < ``f_tol`` eV/Å.
+    """
+    r_c = float(ff.cutoff)
+    d = min(2.2, 0.55 * r_c)
+    out, pos = [], []
+    for sign in (-1, 1):
+        x = r_c - d + sign * delta
+        p = np.array([[0.0, 0.0, 0.0], [d, 0.0, 0.0], [-x, 0.0, 0.0]])
+        out.append(evaluate(ff, [Structure([6, 8, 1], p)], [dataset_id]))
+        pos.append(p)
+    mean_force = 0.5 * (out[0][K.FORCES] + out[1][K.FORCES])
+    work = float(np.sum(mean_force * (pos[1] - pos[0])))
+    jump = abs(out[1][K.ENERGY][0] - out[0][K.ENERGY][0] + work)  # ΔE = −∫F·dr
+    df = np.abs(out[1][K.FORCES] - out[0][K.FORCES]).max()
+    assert jump < e_tol, (f"energy jumps by {jump:.3g} eV as a neighbour crosses the cutoff "
+                          f"({r_c} Å ± {delta} Å)")
+    assert df < f_tol, (f"forces jump by {df:.3g} eV/Å as a neighbour crosses the cutoff "
+                        f"({r_c} Å ± {delta} Å)")
+
+
+def precision_errors(ff, structures: list[Structure], dataset_ids: list[int]) -> dict[str, float]:
+    """Largest |E − E_fp64| per atom (eV/atom) and |F − F_fp64| (eV/Å) of the same weights in
+    fp32 and under bf16 autocast, against fp64. ``ff`` is left in fp64."""
+    from atomgfm.precision import autocast
+
+    ff = ff.double()
+    n = np.array([s.n_atoms for s in structures], dtype=np.float64)
+    ref = evaluate(ff, structures, dataset_ids)
+    errors = {}
+    for precision in ("fp32", "bf16"):
+        ff.float()
+        graphs = [structure_to_graph(s, ff.cutoff, d)
+                  for s, d in zip(structures, dataset_ids, strict=True)]
+        batch = collate(graphs, torch.float32)
+        with autocast(precision, torch.device("cpu")):
+            out = ff(batch, forces=True)
+        e = out[K.ENERGY].detach().double().numpy()
+        f = out[K.FORCES].detach().double().numpy()
+        errors[f"{precision}_energy_eV_atom"] = float(np.max(np.abs(e - ref[K.ENERGY]) / n))
+        errors[f"{precision}_forces_eV_A"] = float(np.max(np.abs(f - ref[K.FORCES])))
+    ff.double()
+    return errors
