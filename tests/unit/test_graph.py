@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from ase.build import bulk, molecule
 from ase.neighborlist import neighbor_list as ase_neighbor_list
@@ -110,3 +111,29 @@ def test_collate_offsets_every_declared_index_field():
     assert torch.equal(edges[1, kj], edges[0, ji])  # the shared atom j
     assert b[K.TRIPLET_INDEX].dtype == torch.long
     assert (edges[:, kj[t1:]] >= 3).all()  # ammonia's triplets use ammonia's atoms (3..6)
+
+
+def _brute_force_triplets(g: dict) -> list[tuple[int, int]]:
+    i, j = g[K.EDGE_INDEX]
+    S = g[K.CELL_SHIFTS]
+    return sorted((a, b) for b in range(len(i)) for a in range(len(i))
+                  if i[a] == j[b] and not (j[a] == i[b] and np.array_equal(S[a], -S[b])))
+
+
+def test_triplets_match_brute_force_with_periodic_images():
+    """Every (k→j, j→i) pair, periodic images of i counted as distinct k: in a primitive fcc
+    cell at 3 Å each atom has 12 neighbours, all images of itself, so 12 × 11 triplets."""
+    from atomgfm.data.graph import triplets
+
+    cu = bulk("Cu", "fcc", a=3.6)
+    g = structure_to_graph(Structure(cu.numbers, cu.positions, cu.cell.array, cu.pbc), 3.0,
+                           needs={K.TRIPLET_INDEX})
+    got = sorted(map(tuple, g[K.TRIPLET_INDEX].T.tolist()))
+    assert len(got) == 12 * 11 and got == _brute_force_triplets(g)
+    m = molecule("CH3CH2OH")
+    g = structure_to_graph(Structure(m.numbers, m.positions), 2.5, needs={K.TRIPLET_INDEX})
+    assert sorted(map(tuple, g[K.TRIPLET_INDEX].T.tolist())) == _brute_force_triplets(g)
+    assert np.array_equal(triplets(g[K.EDGE_INDEX], g[K.CELL_SHIFTS], len(m)),
+                          g[K.TRIPLET_INDEX])
+    with pytest.raises(ValueError, match=r"cannot provide \['angles'\]"):
+        structure_to_graph(Structure(m.numbers, m.positions), 2.5, needs={"angles"})

@@ -19,8 +19,16 @@ _INT_KEYS = frozenset({K.ATOMIC_NUMBERS, K.BATCH, K.N_ATOMS, K.DATASET, *K.INDEX
 _BOOL_KEYS = frozenset({K.PBC, K.HAS_ENERGY, K.HAS_FORCES, K.HAS_STRESS})
 
 
-def structure_to_graph(s: Structure, cutoff: float, dataset_id: int = 0) -> dict[str, np.ndarray]:
-    """Build the graph of one structure; absent labels are zero-filled with a False mask."""
+def structure_to_graph(s: Structure, cutoff: float, dataset_id: int = 0,
+                       needs: frozenset[str] | set[str] = frozenset()) -> dict[str, np.ndarray]:
+    """Build the graph of one structure; absent labels are zero-filled with a False mask.
+
+    ``needs``: extra fields a backbone declares (``Backbone.needs``); ``TRIPLET_INDEX`` adds the
+    edge pairs meeting at an atom (:func:`triplets`). Unknown names are an error.
+    """
+    unknown = set(needs) - {K.TRIPLET_INDEX}
+    if unknown:
+        raise ValueError(f"graph building cannot provide {sorted(unknown)}")
     nb = neighbor_list(s.positions, s.cell, s.pbc, cutoff)
     if nb.edge_index.shape[1]:
         i, j = nb.edge_index
@@ -31,7 +39,7 @@ def structure_to_graph(s: Structure, cutoff: float, dataset_id: int = 0) -> dict
                                  f"{j[k]} are {d[k]:.3g} Å apart (< {MIN_DISTANCE} Å): "
                                  "overlapping atoms")
     n = s.n_atoms
-    return {
+    graph = {
         K.POSITIONS: s.positions,
         K.ATOMIC_NUMBERS: s.numbers,
         K.CELL: s.cell[None],
@@ -49,6 +57,31 @@ def structure_to_graph(s: Structure, cutoff: float, dataset_id: int = 0) -> dict
         K.HAS_FORCES: np.array([s.forces is not None]),
         K.HAS_STRESS: np.array([s.stress is not None]),
     }
+    if K.TRIPLET_INDEX in needs:
+        graph[K.TRIPLET_INDEX] = triplets(nb.edge_index, nb.cell_shifts, n)
+    return graph
+
+
+def triplets(edge_index: np.ndarray, cell_shifts: np.ndarray, n_atoms: int) -> np.ndarray:
+    """Pairs of edges (k→j, j→i) meeting at atom j, as (2, n_triplets) indices into the edges.
+
+    Edge e = (i, j) (row 0 centre, row 1 neighbour) carries the message j→i; k→j is an edge with
+    centre j. The pair that returns along the same bond (k = i with the opposite lattice shift)
+    is left out; a periodic image of i is a distinct k. Built from edges sorted by centre, so
+    memory is linear in the number of triplets (no n_edges × n_edges table).
+    """
+    centre, neighbour = edge_index
+    order = np.argsort(centre, kind="stable")
+    counts = np.bincount(centre, minlength=n_atoms)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    per_edge = counts[neighbour]  # edges k→j available for each j→i
+    total = int(per_edge.sum())
+    e_ji = np.repeat(np.arange(len(centre)), per_edge)
+    within = np.arange(total) - np.repeat(np.cumsum(per_edge) - per_edge, per_edge)
+    e_kj = order[np.repeat(starts[neighbour], per_edge) + within]
+    back = (neighbour[e_kj] == centre[e_ji]) & np.all(
+        cell_shifts[e_kj] == -cell_shifts[e_ji], axis=1)
+    return np.stack([e_kj[~back], e_ji[~back]]).astype(np.int64)
 
 
 def collate(graphs: list[dict[str, np.ndarray]], dtype: torch.dtype = torch.float32,

@@ -155,8 +155,9 @@ class GraphList(Sequence):
 
 
 def build_graphs(structures: list[Structure], cutoff: float, dataset_id: int,
-                 desc: str = "graphs", progress: bool = True) -> GraphList:
-    graphs = [structure_to_graph(s, cutoff, dataset_id)
+                 desc: str = "graphs", progress: bool = True,
+                 needs: frozenset[str] = frozenset()) -> GraphList:
+    graphs = [structure_to_graph(s, cutoff, dataset_id, needs)
               for s in tqdm(structures, desc=desc, disable=not progress, leave=False)]
     isolated = sum(count_isolated(g[K.EDGE_INDEX], len(g[K.ATOMIC_NUMBERS])) for g in graphs)
     return GraphList(graphs, np.array([len(g[K.ATOMIC_NUMBERS]) for g in graphs], dtype=np.int64),
@@ -197,13 +198,14 @@ class PreparedData:
 
 
 def prepare_data(cfg: DataConfig, cutoff: float, datasets: list[LoadedDataset] | None = None,
-                 progress: bool = True) -> PreparedData:
+                 progress: bool = True, needs: frozenset[str] = frozenset()) -> PreparedData:
     """Read (unless ``datasets`` are given), split, fit references and build graphs at
-    ``cutoff`` Å."""
+    ``cutoff`` Å, with the extra fields the backbone ``needs`` (e.g. triplets)."""
     datasets = datasets if datasets is not None else load_datasets(cfg)
-    train = [build_graphs(d.train, cutoff, d.id, f"graphs {d.name}/train", progress)
+    train = [build_graphs(d.train, cutoff, d.id, f"graphs {d.name}/train", progress, needs)
              for d in datasets]
-    val = [build_graphs(d.val, cutoff, d.id, f"graphs {d.name}/val", progress) for d in datasets]
+    val = [build_graphs(d.val, cutoff, d.id, f"graphs {d.name}/val", progress, needs)
+           for d in datasets]
     stats = graph_stats(source[i] for source in train for i in range(len(source)))
     return PreparedData([d.registry_entry() for d in datasets], train, val, stats, float(cutoff),
                         datasets)

@@ -115,7 +115,7 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = Non
     precision = cfg.train.precision
     model = model.to(dev, param_dtype(precision))
     cutoff = model.cutoff
-    sets = [build_graphs(d.split(split), cutoff, stored[d.name]["id"],
+    sets = [build_graphs(d.split(split), cutoff, stored[d.name]["id"], needs=model.backbone.needs,
                          progress=False) for d in datasets]
     acc = evaluate_graphs(model, sets, names, precision=precision, device=dev,
                           dtype=param_dtype(precision), keep_values=True)

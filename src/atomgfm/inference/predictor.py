@@ -93,7 +93,7 @@ class Predictor:
             name = head or s.dataset
             ds_id = self.head_id(name)
             self.check(s, name)
-            graphs.append(structure_to_graph(s, self.cutoff, ds_id))
+            graphs.append(structure_to_graph(s, self.cutoff, ds_id, self.model.backbone.needs))
         results: list[dict] = [{} for _ in structures]
         for idx in self.pack(graphs, **limits):
             batch = collate([graphs[i] for i in idx], self.dtype, self.device)

@@ -23,8 +23,9 @@ def evaluate(ff, structures: list[Structure], dataset_ids: list[int] | None = No
     """Energies (S,), forces (N, 3), stress (S, 3, 3) as float64 NumPy arrays."""
     cutoff = ff.cutoff
     ids = dataset_ids if dataset_ids is not None else [0] * len(structures)
-    batch = collate([structure_to_graph(s, cutoff, d) for s, d in zip(structures, ids,
-                                                                       strict=True)],
+    needs = ff.backbone.needs
+    batch = collate([structure_to_graph(s, cutoff, d, needs) for s, d in zip(structures, ids,
+                                                                              strict=True)],
                     torch.float64)
     out = ff(batch, forces=True, stress=stress)
     return {k: v.detach().cpu().numpy() for k, v in out.items()}
@@ -199,7 +200,7 @@ def precision_errors(ff, structures: list[Structure], dataset_ids: list[int]) ->
     errors = {}
     for precision in ("fp32", "bf16"):
         ff.float()
-        graphs = [structure_to_graph(s, ff.cutoff, d)
+        graphs = [structure_to_graph(s, ff.cutoff, d, ff.backbone.needs)
                   for s, d in zip(structures, dataset_ids, strict=True)]
         batch = collate(graphs, torch.float32)
         with autocast(precision, torch.device("cpu")):

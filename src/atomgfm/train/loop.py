@@ -44,6 +44,7 @@ from atomgfm.models.build import backbone_settings, build_model
 from atomgfm.models.checkpoint import read_checkpoint, save_checkpoint
 from atomgfm.models.derivatives import ForceField
 from atomgfm.precision import autocast, param_dtype, resolve_device
+from atomgfm.registry import get
 from atomgfm.telemetry.curves import plot_curves
 from atomgfm.telemetry.timers import PhaseTimer
 from atomgfm.train.distributed import all_reduce_sum
@@ -75,6 +76,10 @@ class Trainer:
         if list(model.dataset_names) != data.names:
             raise ValueError(f"the model's heads {model.dataset_names} are not the data's "
                              f"datasets {data.names} (same names, same id order)")
+        missing = set(model.backbone.needs) - set(data.train[0][0]) if len(data.train[0]) else set()
+        if missing:
+            raise ValueError(f"the backbone needs graph fields {sorted(missing)} that the data "
+                             "lacks: prepare_data(..., needs=model.backbone.needs)")
         if abs(model.cutoff - data.cutoff) > 1e-12:
             raise ValueError(f"graphs were built at {data.cutoff} Å but the model's cutoff is "
                              f"{model.cutoff} Å")
@@ -135,7 +140,8 @@ class Trainer:
         statistics (seeded by ``train.seed``), and hand both to a Trainer. ``datasets`` may be
         passed in (already loaded) to skip reading files."""
         cutoff = backbone_settings(cfg.model).cutoff
-        data = prepare_data(cfg.data, cutoff, datasets, progress=cfg.train.progress)
+        needs = get("backbone", cfg.model.backbone).needs
+        data = prepare_data(cfg.data, cutoff, datasets, progress=cfg.train.progress, needs=needs)
         model = build_model(cfg.model, data.table, data.stats, seed=cfg.train.seed)
         return cls(model, data, cfg, **kwargs)
 
