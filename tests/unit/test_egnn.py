@@ -1,0 +1,121 @@
+"""EGNN specifics: parameter count, cutoff smoothness, equivariant vectors, precision, DDP."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk, molecule
+from scipy.spatial.transform import Rotation
+
+from atomgfm import keys as K
+from atomgfm.data.graph import collate, structure_to_graph
+from atomgfm.data.stats import GraphStats
+from atomgfm.data.structure import MAX_Z, Structure
+from atomgfm.models.backbones.egnn import EGNN
+from atomgfm.models.build import build_model
+from atomgfm.testing import physics
+
+
+def _ff(preset: str = "S", **kwargs):
+    ff = build_model({"backbone": "egnn", "preset": preset, "backbone_kwargs": kwargs},
+                     ["a"], seed=0).double()
+    ff.heads["a"].set_normalization(np.random.default_rng(0).normal(0, 1, MAX_Z + 1), 0.7)
+    return ff.eval()
+
+
+def _batch(structures, cutoff, dtype=torch.float64):
+    return collate([structure_to_graph(s, cutoff) for s in structures], dtype)
+
+
+@pytest.fixture
+def ethanol():
+    m = molecule("CH3CH2OH")
+    m.rattle(0.05, seed=3)
+    return Structure(m.numbers, m.positions)
+
+
+@pytest.fixture
+def alloy():
+    a = bulk("Cu", "fcc", a=3.6) * (2, 1, 1)
+    a.set_chemical_symbols(["Cu", "Au"])
+    a.cell[2] += [0.3, -0.2, 0.1]
+    a.rattle(0.1, seed=1)
+    return Structure(a.numbers, a.positions, a.cell.array, a.pbc)
+
+
+def test_m_preset_parameter_count_matches_a_hand_count():
+    F, L, R, C = 128, 4, 16, 16  # the M preset
+    embedding = (MAX_Z + 1 + 13 + 9) * F  # elements, charges -6..6, multiplicities 0..8
+    bessel = R  # the (frozen) Bessel frequencies are a parameter too
+    radial = R * L * F + L * F  # every layer's bessel term of φ_e, with φ_e's first bias
+    layer = (2 * F * F  # φ_e first layer, h_i and h_j parts
+             + (F * F + F)  # φ_e second layer
+             + (F * C + C)  # φ_x
+             + ((2 * F + C) * F + F) + (F * F + F))  # φ_h
+    vector_in = (L - 1) * C * F  # φ_e reads δ from layer 2 on
+    expected = embedding + bessel + radial + L * layer + vector_in
+    backbone = EGNN(**EGNN.presets["M"])
+    assert sum(p.numel() for p in backbone.parameters()) == expected
+    assert (backbone.num_scalar_features, backbone.num_vector_features) == (F, C)
+
+
+def test_dimer_is_smooth_at_the_cutoff():
+    ff = _ff()  # default 5 Å cutoff
+    with torch.no_grad():
+        for p in ff.backbone.parameters():  # larger weights than at init: a harder test
+            p.mul_(2.0)
+    rc = ff.cutoff
+    out = [physics.evaluate(ff, [Structure([29, 29], [[0, 0, 0], [r, 0, 0]])])
+           for r in (rc - 1e-4, rc + 1e-4)]
+    assert abs(out[0][K.ENERGY][0] - out[1][K.ENERGY][0]) < 1e-6
+    assert np.abs(out[0][K.FORCES]).max() < 1e-4
+    np.testing.assert_array_equal(out[1][K.FORCES], 0.0)
+
+
+@pytest.mark.parametrize("improper", [False, True])
+def test_vectors_rotate_with_the_structure(ethanol, alloy, improper):
+    ff = _ff()
+    rot = Rotation.random(random_state=4).as_matrix()
+    if improper:  # E(3): vectors also follow a reflection
+        rot = rot @ np.diag([1.0, 1.0, -1.0])
+    for s in (ethanol, alloy):
+        turned = Structure(s.numbers, s.positions @ rot.T,
+                           None if s.cell is None else s.cell @ rot.T, s.pbc)
+        with torch.no_grad():
+            a = ff.backbone(_batch([s], ff.cutoff))
+            b = ff.backbone(_batch([turned], ff.cutoff))
+        va, vb = a[K.NODE_VECTORS].numpy(), b[K.NODE_VECTORS].numpy()
+        assert va.shape == (s.n_atoms, 3, 4) and np.abs(va).max() > 1e-4
+        np.testing.assert_allclose(vb, np.einsum("ab,nbc->nac", rot, va), atol=1e-10)
+        np.testing.assert_allclose(b[K.NODE_SCALARS].numpy(), a[K.NODE_SCALARS].numpy(),
+                                   atol=1e-10)
+
+
+def test_fp32_and_fp64_energies_agree(ethanol, alloy):
+    ff = _ff("M")
+    e64 = physics.evaluate(ff, [ethanol, alloy])[K.ENERGY]
+    ff32 = ff.float()
+    batch = _batch([ethanol, alloy], ff32.cutoff, torch.float32)
+    e32 = ff32(batch, forces=False)[K.ENERGY].detach().double().numpy()
+    np.testing.assert_allclose(e32, e64, rtol=1e-5)
+
+
+def test_every_parameter_gets_a_gradient(ethanol):
+    """No unused parameters: DDP needs no unused-parameter search (φ_h reads the last ‖v‖²)."""
+    ff = _ff("S", vector_channels=8)
+    out = ff(_batch([ethanol], ff.cutoff), forces=True, create_graph=True)
+    (out[K.ENERGY].sum() + out[K.FORCES].square().sum()).backward()
+    missing = [n for n, p in ff.backbone.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing
+
+
+def test_invariant_variant_and_neighbour_normalisation(ethanol):
+    ff = _ff("S", vector_channels=0)
+    out = ff.backbone(_batch([ethanol], ff.cutoff))
+    assert out[K.NODE_VECTORS].shape == (ethanol.n_atoms, 3, 0)
+    physics.assert_forces_are_gradient(ff, ethanol)
+    assert EGNN(stats=GraphStats([1, 6], 23.5, [], 4, 94)).avg_num_neighbors == 23.5
+    assert EGNN().avg_num_neighbors == 10.0
+    with pytest.raises(ValueError, match="vector_channels"):
+        EGNN(vector_channels=-1)
