@@ -183,18 +183,23 @@ class SymmetricContraction(nn.Module):
         self.const = _Constants(**mats)
 
     def forward(self, A: torch.Tensor, element: torch.Tensor) -> torch.Tensor:
-        feats = [A[..., self.sel1]]
+        # index_select, not A[..., idx]: its backward is an index_add, not a slow index_put.
+        def take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            return torch.index_select(x, -1, idx)
+
+        feats = [take(A, self.sel1)]
         if self.nu >= 2:
-            pairs = A[..., self.pairs[0]] * A[..., self.pairs[1]]  # (N, C, n_pairs)
-            feats.append(pairs[..., self.sel2])
+            pairs = take(A, self.pairs[0]) * take(A, self.pairs[1])  # (N, C, n_pairs)
+            feats.append(take(pairs, self.sel2))
         if self.nu >= 3:
-            feats.append(pairs[..., self.triples[0]] * A[..., self.triples[1]])
+            feats.append(take(pairs, self.triples[0]) * take(A, self.triples[1]))
         P = torch.cat(feats, dim=-1)  # (N, C, n_monomials)
         out = []
         for L in self.out_ls:
             proj = torch.matmul(P, self.const.get(f"U{L}", P))  # (N, C, (2L+1)·K)
             proj = proj.unflatten(-1, (2 * L + 1, -1))  # (N, C, 2L+1, K)
-            W = torch.cat(list(getattr(self, f"weights_L{L}")), dim=1)[element]  # (N, K, C)
+            W = torch.cat(list(getattr(self, f"weights_L{L}")), dim=1)
+            W = torch.index_select(W, 0, element)  # (N, K, C)
             out.append((proj * W.transpose(1, 2).unsqueeze(2)).sum(-1))
         return torch.cat(out, dim=-1)
 
@@ -229,7 +234,8 @@ class ElementLinear(nn.Module):
             if ell in self.ls:
                 k = self.ls.index(ell)
                 xl = x[..., self.in_slices[self.in_ls.index(ell)]].transpose(1, 2)  # (N, m, C)
-                out.append(torch.bmm(xl, self.weight[k][element]).transpose(1, 2) * self.scale)
+                W = torch.index_select(self.weight[k], 0, element)  # (N, C, C)
+                out.append(torch.bmm(xl, W).transpose(1, 2) * self.scale)
             else:
                 out.append(x.new_zeros(x.shape[0], x.shape[1], 2 * ell + 1))
         return torch.cat(out, dim=-1)
@@ -279,9 +285,12 @@ class Interaction(nn.Module):
         count = [sum(p[2] == ell for p in paths) for ell in sh]  # paths into each l_out
         self.radial = RadialMLP(num_bessel, radial_width, len(paths) * C)
         self.down = PerLLinear(C, sh)
-        l_of_m = torch.tensor([ell for ell in sh for _ in range(2 * ell + 1)])
-        self.register_buffer("l_of_m", l_of_m, persistent=False)
-        consts = {"norm0": torch.tensor([count[ell] ** -0.5 for ell in l_of_m.tolist()])}
+        # (max_ell+1, d): copies each l_out = l_sh weight onto its 2l+1 components, normalised
+        # (a product, not an index: its backward is a product too).
+        expand = torch.zeros(max_ell + 1, self.d, dtype=torch.float64)
+        for ell, sl in zip(sh, _slices(sh), strict=True):
+            expand[ell, sl] = count[ell] ** -0.5
+        consts = {"expand": expand}
         hi = [p for p in paths if p[0] > 0]
         self.n_hi = len(hi)
         if hi:  # one (dim_in_hi · d, n_cols) coupling matrix and a (n_cols, d) placement
@@ -316,13 +325,14 @@ class Interaction(nn.Module):
         if 0 in self.in_ls:
             n0 = self.max_ell + 1
             w = R[..., :n0] * xj[..., :1]  # (E, C, max_ell+1)
-            msg = w[..., self.l_of_m] * (Yc * self.const.get("norm0", Yc)).unsqueeze(1)
+            msg = torch.matmul(w, self.const.get("expand", w)) * Yc.unsqueeze(1)  # (E, C, d)
         else:
             msg = xj.new_zeros(E, self.C, self.d)
         if self.n_hi:
             xh = xj[..., 1:] if 0 in self.in_ls else xj  # (E, C, dim_hi)
             xy = (xh.unsqueeze(-1) * Yc.unsqueeze(1).unsqueeze(2)).flatten(2)  # (E, C, dim_hi·d)
-            out = torch.matmul(xy, self.const.get("cg", xy)) * R[..., self.col_path]
+            Rp = torch.index_select(R, -1, self.col_path)  # (E, C, n_cols)
+            out = torch.matmul(xy, self.const.get("cg", xy)) * Rp
             msg = msg + torch.matmul(out, self.const.get("place", out))
         A = scatter_sum(msg, i, x.shape[0]) * self.inv_avg  # (N, C, d)
         return self.down(A), sc
