@@ -128,9 +128,10 @@ def test_symmetric_basis_is_orthonormal_symmetric_and_counted():
     np.testing.assert_allclose((flat @ flat.T).numpy(), np.eye(U.shape[0]), atol=1e-12)
     np.testing.assert_allclose(U.numpy(), U.permute(0, 1, 3, 2, 4).numpy(), atol=1e-14)
     np.testing.assert_allclose(U.numpy(), U.permute(0, 1, 4, 3, 2).numpy(), atol=1e-14)
-    # The M preset's contraction: 1 + 4 + 8 invariant paths, evaluated on 94 monomials.
+    # The M preset's contraction: 1 + 4 + 8 invariant paths, evaluated on 1 + 72 + 77 monomials
+    # (of 16 + 136 + 816 distinct ones).
     sc = SymmetricContraction(4, 3, [0], 3, 1)
-    assert sc.n_paths == {0: [1, 4, 8]} and sc.n_monomials == 94
+    assert sc.n_paths == {0: [1, 4, 8]} and sc.n_monomials == 150 and sc.split == [1, 72, 72, 77]
 
 
 def test_fp32_and_fp64_energies_agree(ethanol, alloy):

@@ -18,13 +18,15 @@ Each atom carries C channels of irreps (``C x 0e`` or ``C x 0e + C x 1o``), stor
 The coupling tensors U (generalised Clebsch–Gordan coefficients) are built once, in float64, at
 construction (:func:`symmetric_basis`): chain e3nn's Wigner-3j symbols over ν copies of the
 spherical-harmonic irreps, symmetrise over the ν indices and keep an orthonormal basis of their
-span (an SVD). Because U is symmetric, it acts on the distinct monomials of A's components only
-(``(d+ν-1 choose ν)`` of them instead of d^ν, and only those U reads: parity and angular
-momentum leave most out), so evaluating the product basis costs the monomials plus one
-(n_atoms·C, n_monomials) × (n_monomials, (2L+1)·K) product per layer: at the M preset (d = 16,
-ν ≤ 3, output 0e) 94 monomials against 1 + 4 + 8 invariant paths, about 1.3k multiply-adds per
-atom and channel, against d^ν·K ≈ 33k for a dense contraction of U with A ⊗ A ⊗ A (mace-torch
-contracts U with the weights first, then with A one order at a time, ~d^ν·K as well).
+span (an SVD). Because U is symmetric, it acts on the distinct monomials of A's components
+(``(d+ν-1 choose ν)`` of them instead of d^ν), and only on those U reads (parity and angular
+momentum leave most out) plus the pairs the triples are built from. Gathers are products with
+0/1 matrices (exact, and their backward is a product, not a scatter): at the M preset (d = 16,
+ν ≤ 3, output 0e) (N·C, 16) × (16, 222) and (N·C, 72) × (72, 77) form the 1 + 72 + 77
+monomials, and one (N·C, 150) × (150, 13) product projects them on the 1 + 4 + 8 coupling
+paths: about 11k multiply-adds per atom and channel, against d^ν·K ≈ 53k for a dense
+contraction of U with A ⊗ A ⊗ A (mace-torch contracts U with the element weights first, then
+with A one order at a time, also of order d^ν·K).
 Building U takes about a second at construction (ν = 3, max_ell = 3).
 
 The invariant (0e) features of every layer, concatenated, are the node scalars heads read; the
@@ -153,29 +155,41 @@ class SymmetricContraction(nn.Module):
                 u = U[(slice(None), slice(None), *idx)] * mult
                 used[k] |= (u.abs() > 1e-12).flatten(0, 1).any(0)
                 blocks[L].append(u)
-        sel = [u.nonzero().flatten() for u in used]
-        self.register_buffer("sel1", sel[0], persistent=False)
-        if nu >= 2:  # degree-2 monomials: all pairs when degree 3 needs them, else used ones
-            pairs = torch.tensor(monos[1]).T
-            self.register_buffer("pairs", pairs if nu >= 3 else pairs[:, sel[1]],
-                                 persistent=False)
-            self.register_buffer("sel2", sel[1] if nu >= 3 else torch.arange(len(sel[1])),
-                                 persistent=False)
-        if nu >= 3:  # degree-3 monomial = pair(i1, i2) · A[i3]
-            pos = {t: n for n, t in enumerate(monos[1])}
-            self.register_buffer("triples", torch.tensor(
-                [[pos[monos[2][s][:2]], monos[2][s][2]] for s in sel[2].tolist()],
-                dtype=torch.long).reshape(-1, 2).T, persistent=False)
-        self.n_monomials = sum(len(s) for s in sel)
+        sel = [u.nonzero().flatten().tolist() for u in used]
+        # The monomials formed: degree 1 and 3 as U reads them; degree 2 as U reads them or as
+        # factors of the degree-3 ones. Rows of U follow this order.
+        deg = [[monos[0][s] for s in sel[0]], [], []]
+        if nu >= 3:
+            deg[2] = [monos[2][s] for s in sel[2]]
+        if nu >= 2:
+            deg[1] = sorted({monos[1][s] for s in sel[1]} | {t[:2] for t in deg[2]})
+        deg = deg[:nu]
+        # Gathers as products with 0/1 matrices (exact; the backward is a product too):
+        # A @ first → degree-1 monomials, the two factors of each pair, the last of each triple.
+        eye = torch.eye(d, dtype=torch.float64)
+        first = [eye[:, [t[0] for t in deg[0]]]]
+        if nu >= 2:
+            first += [eye[:, [t[0] for t in deg[1]]], eye[:, [t[1] for t in deg[1]]]]
+        if nu >= 3:
+            first.append(eye[:, [t[2] for t in deg[2]]])
+            pos2 = {t: n for n, t in enumerate(deg[1])}
+            second = torch.zeros(len(deg[1]), len(deg[2]), dtype=torch.float64)
+            second[[pos2[t[:2]] for t in deg[2]], range(len(deg[2]))] = 1.0
+        self.split = [f.shape[1] for f in first]
+        mats = {"first": torch.cat(first, dim=1)}
+        if nu >= 3:
+            mats["second"] = second
+        self.n_monomials = sum(len(t) for t in deg)
         self.n_paths = {L: [b.shape[0] for b in blocks[L]] for L in out_ls}
-        mats = {}
         for L in out_ls:
             K_tot = sum(self.n_paths[L])
             m = torch.zeros(self.n_monomials, 2 * L + 1, K_tot, dtype=torch.float64)
             row = col = 0
-            for b, s in zip(blocks[L], sel, strict=True):
-                m[row:row + len(s), :, col:col + b.shape[0]] = b[:, :, s].permute(2, 1, 0)
-                row, col = row + len(s), col + b.shape[0]
+            for k, b in enumerate(blocks[L]):
+                pos = {t: n for n, t in enumerate(monos[k])}
+                idx = [pos[t] for t in deg[k]]
+                m[row:row + len(idx), :, col:col + b.shape[0]] = b[:, :, idx].permute(2, 1, 0)
+                row, col = row + len(idx), col + b.shape[0]
             mats[f"U{L}"] = m.reshape(self.n_monomials, -1)
             setattr(self, f"weights_L{L}", nn.ParameterList(
                 nn.Parameter(torch.randn(n_elements, k, C) / max(k, 1))
@@ -183,16 +197,13 @@ class SymmetricContraction(nn.Module):
         self.const = _Constants(**mats)
 
     def forward(self, A: torch.Tensor, element: torch.Tensor) -> torch.Tensor:
-        # index_select, not A[..., idx]: its backward is an index_add, not a slow index_put.
-        def take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            return torch.index_select(x, -1, idx)
-
-        feats = [take(A, self.sel1)]
+        parts = torch.split(torch.matmul(A, self.const.get("first", A)), self.split, dim=-1)
+        feats = [parts[0]]
         if self.nu >= 2:
-            pairs = take(A, self.pairs[0]) * take(A, self.pairs[1])  # (N, C, n_pairs)
-            feats.append(take(pairs, self.sel2))
+            pairs = parts[1] * parts[2]  # (N, C, n_pairs)
+            feats.append(pairs)
         if self.nu >= 3:
-            feats.append(take(pairs, self.triples[0]) * take(A, self.triples[1]))
+            feats.append(torch.matmul(pairs, self.const.get("second", pairs)) * parts[3])
         P = torch.cat(feats, dim=-1)  # (N, C, n_monomials)
         out = []
         for L in self.out_ls:
@@ -285,12 +296,9 @@ class Interaction(nn.Module):
         count = [sum(p[2] == ell for p in paths) for ell in sh]  # paths into each l_out
         self.radial = RadialMLP(num_bessel, radial_width, len(paths) * C)
         self.down = PerLLinear(C, sh)
-        # (max_ell+1, d): copies each l_out = l_sh weight onto its 2l+1 components, normalised
-        # (a product, not an index: its backward is a product too).
-        expand = torch.zeros(max_ell + 1, self.d, dtype=torch.float64)
-        for ell, sl in zip(sh, _slices(sh), strict=True):
-            expand[ell, sl] = count[ell] ** -0.5
-        consts = {"expand": expand}
+        self.sh_slices = _slices(sh)
+        ynorm = torch.cat([torch.full((2 * ell + 1,), count[ell] ** -0.5) for ell in sh])
+        consts = {"ynorm": ynorm}  # (d,): 1/√(paths into l_out), folded into Y
         hi = [p for p in paths if p[0] > 0]
         self.n_hi = len(hi)
         if hi:  # one (dim_in_hi · d, n_cols) coupling matrix and a (n_cols, d) placement
@@ -320,21 +328,24 @@ class Interaction(nn.Module):
         sc = self.skip(x, element)
         xj = torch.index_select(self.up(x), 0, j)  # (E, C, dim_in)
         R = self.radial(edge_feats).unflatten(-1, (self.C, -1))  # (E, C, n_paths)
-        E = xj.shape[0]
+        E, n = xj.shape[0], x.shape[0]
         Yc = Y.to(xj.dtype)
+        parts = []  # the (0, l, l) paths, per l: (E, C, 2l+1)
         if 0 in self.in_ls:
-            n0 = self.max_ell + 1
-            w = R[..., :n0] * xj[..., :1]  # (E, C, max_ell+1)
-            msg = torch.matmul(w, self.const.get("expand", w)) * Yc.unsqueeze(1)  # (E, C, d)
-        else:
-            msg = xj.new_zeros(E, self.C, self.d)
-        if self.n_hi:
-            xh = xj[..., 1:] if 0 in self.in_ls else xj  # (E, C, dim_hi)
-            xy = (xh.unsqueeze(-1) * Yc.unsqueeze(1).unsqueeze(2)).flatten(2)  # (E, C, dim_hi·d)
-            Rp = torch.index_select(R, -1, self.col_path)  # (E, C, n_cols)
-            out = torch.matmul(xy, self.const.get("cg", xy)) * Rp
-            msg = msg + torch.matmul(out, self.const.get("place", out))
-        A = scatter_sum(msg, i, x.shape[0]) * self.inv_avg  # (N, C, d)
+            w = R[..., :self.max_ell + 1] * xj[..., :1]  # (E, C, max_ell+1)
+            Yn = (Yc * self.const.get("ynorm", Yc)).unsqueeze(1)  # (E, 1, d)
+            ws = torch.split(w, 1, dim=-1)  # one split, not slices (whose backward zero-fills)
+            parts = [wl * Yn[..., sl] for wl, sl in zip(ws, self.sh_slices, strict=True)]
+        if not self.n_hi:  # scattered per l: no (E, C, d) concatenation
+            A = torch.cat([scatter_sum(p, i, n) for p in parts], dim=-1) * self.inv_avg
+            return self.down(A), sc
+        msg = torch.cat(parts, dim=-1) if parts else xj.new_zeros(E, self.C, self.d)
+        xh = xj[..., 1:] if 0 in self.in_ls else xj  # (E, C, dim_hi)
+        xy = (xh.unsqueeze(-1) * Yc.unsqueeze(1).unsqueeze(2)).flatten(2)  # (E, C, dim_hi·d)
+        Rp = torch.index_select(R, -1, self.col_path)  # (E, C, n_cols)
+        out = torch.matmul(xy, self.const.get("cg", xy)) * Rp
+        msg = msg + torch.matmul(out, self.const.get("place", out))
+        A = scatter_sum(msg, i, n) * self.inv_avg  # (N, C, d)
         return self.down(A), sc
 
 
