@@ -18,8 +18,9 @@ Each atom carries C channels of irreps (``C x 0e`` or ``C x 0e + C x 1o``), stor
 The coupling tensors U (generalised Clebsch–Gordan coefficients) are built once, in float64, at
 construction (:func:`symmetric_basis`): chain e3nn's Wigner-3j symbols over ν copies of the
 spherical-harmonic irreps, symmetrise over the ν indices and keep an orthonormal basis of their
-span (an SVD). Because U is symmetric, it acts on the distinct monomials of A's components
-(``(d+ν-1 choose ν)`` of them instead of d^ν), and only on those U reads (parity and angular
+span (Gram–Schmidt in the paths' fixed order, so U is the same on every machine). Because U
+is symmetric, it acts on the distinct monomials of A's components (``(d+ν-1 choose ν)`` of them
+instead of d^ν), and only on those U reads (parity and angular
 momentum leave most out) plus the pairs the triples are built from. Gathers are products with
 0/1 matrices (exact, and their backward is a product, not a scatter): at the M preset (d = 16,
 ν ≤ 3, output 0e) (N·C, 16) × (16, 222) and (N·C, 72) × (72, 77) form the 1 + 72 + 77
@@ -107,10 +108,20 @@ def symmetric_basis(max_ell: int, nu: int, L: int) -> torch.Tensor:
     t = torch.stack(ts)  # (P, 2L+1, d, ..., d)
     perms = list(itertools.permutations(range(2, 2 + nu)))
     t = sum(t.permute(0, 1, *p) for p in perms) / len(perms)
-    flat = t.reshape(t.shape[0], -1)
-    _, s, vh = torch.linalg.svd(flat, full_matrices=False)
-    keep = s > 1e-9 * s.max()
-    return vh[keep].reshape(-1, *t.shape[1:])
+    # Gram–Schmidt over the paths in their fixed order (twice, for accuracy), not an SVD: the
+    # basis is then the same on every machine and library version (an SVD may return any
+    # rotation of a degenerate subspace), so a checkpoint's weights mean the same everywhere.
+    basis: list[torch.Tensor] = []
+    for v in t.reshape(t.shape[0], -1):
+        norm = torch.linalg.vector_norm(v)
+        for _ in range(2):
+            for b in basis:
+                v = v - (v @ b) * b
+        if norm > 1e-12 and torch.linalg.vector_norm(v) > 1e-6 * norm:
+            basis.append(v / torch.linalg.vector_norm(v))
+    if not basis:
+        return torch.zeros(0, *t.shape[1:], dtype=torch.float64)
+    return torch.stack(basis).reshape(-1, *t.shape[1:])
 
 
 class _Constants:
