@@ -46,6 +46,8 @@ class PaiNNMessage(nn.Module):
 
 
 class PaiNNUpdate(nn.Module):
+    """Vectors mixed by U, V; scalars gated by ‖V v‖ and ⟨U v, V v⟩ (also PNAEq's update)."""
+
     def __init__(self, F: int) -> None:
         super().__init__()
         self.F = F
@@ -56,7 +58,7 @@ class PaiNNUpdate(nn.Module):
     def forward(self, s, v):
         Uv, Vv = self.U(v), self.V(v)  # (N, 3, F)
         norm = torch.sqrt((Vv * Vv).sum(1) + _EPS)  # (N, F)
-        a = self.mlp(torch.cat([s, norm], dim=-1))
+        a = self.mlp(torch.cat([s.to(norm.dtype), norm], dim=-1))
         avv, asv, ass = torch.split(a, self.F, dim=-1)
         dot = (Uv * Vv).sum(1)
         return s + asv * dot + ass, v + avv.unsqueeze(1) * Uv

@@ -46,6 +46,7 @@ from torch import nn
 
 from atomgfm import keys as K
 from atomgfm.models.backbones.base import Backbone, setting
+from atomgfm.models.backbones.painn import PaiNNUpdate
 from atomgfm.nn.embedding import AtomEmbedding
 from atomgfm.nn.geometry import edge_vectors
 from atomgfm.nn.radial import BesselBasis, PolynomialCutoff
@@ -57,7 +58,6 @@ SCALERS = ("identity", "amplification", "attenuation")
 DEFAULT_LOG_DEGREE = 1.0  # δ without training statistics
 _EPS_W = 1e-3  # weight of the virtual zero-message neighbour in every denominator
 _EPS_STD = 1e-4  # inside the square root of the std aggregator
-_EPS = 1e-8  # keeps ‖v‖ differentiable at v = 0
 
 
 def parse_names(value: str, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
@@ -169,24 +169,6 @@ class PNAEqMessage(nn.Module):
         return s, v
 
 
-class PNAEqUpdate(nn.Module):
-    """PaiNN's update block: vectors mixed by U, V; scalars gated by ‖V v‖ and ⟨U v, V v⟩."""
-
-    def __init__(self, F: int) -> None:
-        super().__init__()
-        self.F = F
-        self.U = nn.Linear(F, F, bias=False)
-        self.V = nn.Linear(F, F, bias=False)
-        self.mlp = nn.Sequential(nn.Linear(2 * F, F), nn.SiLU(), nn.Linear(F, 3 * F))
-
-    def forward(self, s, v):
-        Uv, Vv = self.U(v), self.V(v)  # (N, 3, F)
-        norm = torch.sqrt((Vv * Vv).sum(1) + _EPS)  # (N, F)
-        avv, asv, ass = torch.split(self.mlp(torch.cat([s.to(norm.dtype), norm], dim=-1)),
-                                    self.F, dim=-1)
-        return s + asv * (Uv * Vv).sum(1) + ass, v + avv.unsqueeze(1) * Uv
-
-
 @dataclass
 class PNAEqSettings:
     num_features: int = setting(128, range=(32, 256), log=True,
@@ -261,7 +243,7 @@ class PNAEq(Backbone):
         self.messages = nn.ModuleList(
             PNAEqMessage(num_features, self.aggregators, len(self.scalers), temperature, k == 0)
             for k in range(num_layers))
-        self.updates = nn.ModuleList(PNAEqUpdate(num_features) for _ in range(num_layers))
+        self.updates = nn.ModuleList(PaiNNUpdate(num_features) for _ in range(num_layers))
 
     def degree_scalers(self, d: torch.Tensor) -> list[torch.Tensor]:
         """The scalers of weighted degrees d (N,) as (N, 1) columns; None for identity."""
