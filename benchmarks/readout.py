@@ -44,12 +44,17 @@ def load_workload(path: Path):
 
 
 def timed(fn, batches, min_seconds: float) -> float:
-    for b in batches[:2]:
+    def run(b):
         fn(b)
+        if b[K.POSITIONS].is_cuda:
+            torch.cuda.synchronize()
+
+    for b in batches[:2]:
+        run(b)
     n, t0 = 0, time.perf_counter()
     while True:
         for b in batches:
-            fn(b)
+            run(b)
             n += 1
         if time.perf_counter() - t0 >= min_seconds:
             return (time.perf_counter() - t0) / n
@@ -63,25 +68,29 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--min-seconds", type=float, default=3.0)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--workload-file", type=Path, default=WORKLOAD)
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     if args.quick:
         args.heads, args.n_molecules, args.n_alloys, args.min_seconds = "1,3", 32, 4, 0.0
     if args.threads:
         torch.set_num_threads(args.threads)
-    wl = load_workload(WORKLOAD)
+    wl = load_workload(args.workload_file)
     workloads = {"molecules": wl.molecules(args.n_molecules), "alloys": wl.alloys(args.n_alloys)}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu, fp32")
+    device = torch.device(args.device)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}, fp32")
     print(f"{'workload':<10}{'H':>4}  {'mode':<12}{'structures/s':>14}{'ms/batch':>10}")
     stacked = EnergyHead.stacked
     for wname, atoms in workloads.items():
         structures = [atoms_to_structure(a) for a in atoms]
         for H in [int(h) for h in args.heads.split(",")]:
             names = [f"h{k}" for k in range(H)]
-            ff = build_model(MODEL, names, seed=0).eval()
+            ff = build_model(MODEL, names, seed=0).eval().to(device)
             graphs = [structure_to_graph(s, 5.0, k % H) for k, s in enumerate(structures)]
             bs = args.batch_size if wname == "molecules" else max(args.batch_size // 8, 1)
-            batches = [collate(graphs[i:i + bs]) for i in range(0, len(graphs), bs)]
+            batches = [collate(graphs[i:i + bs], device=device)
+                       for i in range(0, len(graphs), bs)]
             n_per = sum(int(b[K.N_ATOMS].shape[0]) for b in batches) / len(batches)
             rows = {}
             def own(b, ff=ff):
@@ -95,7 +104,8 @@ def main() -> None:
                 EnergyHead.stacked = stacked
             if H > 1:
                 def all_heads(b, names=names, ff=ff):
-                    w = torch.full((b[K.N_ATOMS].shape[0], len(names)), 1.0 / len(names))
+                    w = torch.full((b[K.N_ATOMS].shape[0], len(names)), 1.0 / len(names),
+                                   device=b[K.POSITIONS].device)
                     return ff(b, heads=names, weights=w, per_head=True)
 
                 def separate(b, H=H, ff=ff):
