@@ -7,8 +7,8 @@ kept (``create_graph``) only when the derivatives themselves are trained on.
 Whatever per-structure combination of heads the model gives (each structure's own head, or a
 blend by router weights) is differentiated once. ``per_head=True`` adds every chosen head's own
 energy and forces from one encode: a backward per head over the kept graph (or one call
-vectorised over the heads, ``head_backward = "batched"``); the combination's forces then follow by
-linearity.
+vectorised over the heads, ``head_backward = "batched"``, the default on CUDA); the combination's
+forces then follow by linearity.
 """
 
 from __future__ import annotations
@@ -33,10 +33,11 @@ class ForceField(nn.Module):
     """
 
     #: How ``per_head`` forces are differentiated: "batched" (one backward call, vectorised
-    #: over heads by ``is_grads_batched``) or "loop" (one backward per head over the retained
-    #: graph). Both encode once. Measured on 2 CPU cores (benchmarks/readout.py): "loop" is
-    #: faster for periodic cells, where vmap's per-head copies of the edge tensors leave the cache.
-    head_backward: str = "loop"
+    #: over heads by ``is_grads_batched``), "loop" (one backward per head over the kept graph),
+    #: or "auto": batched on CUDA, loop on CPU. Measured (benchmarks/readout.py, RESULTS.md):
+    #: on an H100 "batched" is 1.8-3.3x faster than "loop"; on 2 CPU cores "loop" wins, as
+    #: vmap's per-head copies of the edge tensors leave the cache.
+    head_backward: str = "auto"
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -103,12 +104,14 @@ class ForceField(nn.Module):
             # backward: F = Σ_h w_h F_h per structure. Exact because the weights cannot depend on
             # the positions differentiated here (they come from outside, e.g. a composition
             # router); with create_graph they stay differentiable for training a router.
-            if self.head_backward not in ("batched", "loop"):
-                raise ValueError(f"head_backward must be 'batched' or 'loop', got "
-                                 f"{self.head_backward!r}")
+            mode = self.head_backward
+            if mode not in ("auto", "batched", "loop"):
+                raise ValueError(f"head_backward must be 'auto', 'batched' or 'loop', got "
+                                 f"{mode!r}")
             w = out[K.HEAD_WEIGHTS]
+            batched = mode == "batched" or (mode == "auto" and pos.is_cuda)
             rows = _batched_grad(out[K.HEAD_ENERGY].sum(0), inputs, create_graph,
-                                 batched=self.head_backward == "batched")  # (H, *input) each
+                                 batched=batched)  # (H, *input) each
             out[K.HEAD_FORCES] = -rows[0].permute(1, 2, 0)
             w_atoms = torch.index_select(w, 0, batch[K.BATCH]).to(rows[0].dtype)  # (N, H)
             grads = [torch.einsum("hnc,nh->nc", rows[0], w_atoms)]
