@@ -74,11 +74,16 @@ def main() -> None:
     p.add_argument("--min-seconds", type=float, default=3.0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--precision-errors", action="store_true",
+                   help="only the fp32 and bf16 errors against fp64 (same weights), per backbone")
     args = p.parse_args()
     if args.quick:
         args.n_molecules, args.n_alloys, args.min_seconds = 64, 4, 0.0
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.precision_errors:
+        precision_table(args)
+        return
     wl = load_workload(WORKLOAD)
     mols, cells = wl.molecules(args.n_molecules), wl.alloys(args.n_alloys)
     emt_mols = [m for m in mols if set(m.numbers.tolist()) <= EMT_ELEMENTS]
@@ -120,6 +125,30 @@ def main() -> None:
                 print(f"{name:<9}{preset:<7}{n_params:>9}  {wname:<10}"
                       f"{per_batch / infer:>13.1f}{1000 * train:>14.1f}"
                       f"{rss_mib() - rss0:>10.0f}")
+
+
+def precision_table(args) -> None:
+    """Max |E − E_fp64| per atom and |F − F_fp64| of the same weights in fp32 and under bf16
+    autocast, on 8 g2 molecules and 2 alloy cells (untrained weights, heads with unit scale)."""
+    from atomgfm.testing.physics import precision_errors
+
+    wl = load_workload(WORKLOAD)
+    structures = ([atoms_to_structure(a) for a in wl.molecules(8)]
+                  + [atoms_to_structure(a) for a in wl.alloys(2)])
+    print(f"{'backbone':<9}{'preset':<7}{'fp32 E meV/atom':>16}{'fp32 F meV/Å':>14}"
+          f"{'bf16 E meV/atom':>16}{'bf16 F meV/Å':>14}{'max |F| eV/Å':>14}")
+    for name in args.backbones.split(","):
+        for preset in args.presets.split(","):
+            cfg = {"backbone": name, "preset": preset, "backbone_kwargs": {"cutoff": 5.0}}
+            ff = build_model(cfg, ["bench"], seed=0).double().eval()
+            err = precision_errors(ff, structures, [0] * len(structures))
+            fmax = float(ff(collate([structure_to_graph(s, 5.0, 0, ff.backbone.needs)
+                                     for s in structures], torch.float64))[K.FORCES]
+                         .detach().abs().max())
+            print(f"{name:<9}{preset:<7}{1000 * err['fp32_energy_eV_atom']:>16.2e}"
+                  f"{1000 * err['fp32_forces_eV_A']:>14.2e}"
+                  f"{1000 * err['bf16_energy_eV_atom']:>16.2f}"
+                  f"{1000 * err['bf16_forces_eV_A']:>14.1f}{fmax:>14.2f}")
 
 
 if __name__ == "__main__":
