@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from ase.build import bulk, molecule
 from scipy.spatial.transform import Rotation
 
 from atomgfm import keys as K
@@ -26,22 +25,6 @@ def _ff(preset: str = "S", **kwargs):
 
 def _batch(structures, cutoff, dtype=torch.float64):
     return collate([structure_to_graph(s, cutoff) for s in structures], dtype)
-
-
-@pytest.fixture
-def ethanol():
-    m = molecule("CH3CH2OH")
-    m.rattle(0.05, seed=3)
-    return Structure(m.numbers, m.positions)
-
-
-@pytest.fixture
-def alloy():
-    a = bulk("Cu", "fcc", a=3.6) * (2, 1, 1)
-    a.set_chemical_symbols(["Cu", "Au"])
-    a.cell[2] += [0.3, -0.2, 0.1]
-    a.rattle(0.1, seed=1)
-    return Structure(a.numbers, a.positions, a.cell.array, a.pbc)
 
 
 def test_m_preset_parameter_count_matches_a_hand_count():

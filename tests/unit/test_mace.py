@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from ase.build import bulk, molecule
 from e3nn import o3
 from scipy.spatial.transform import Rotation
 
@@ -40,22 +39,6 @@ def _wigner_D(ir: o3.Irrep, rot: np.ndarray) -> torch.Tensor:
     D = torch.linalg.lstsq(y0, y1).solution.T
     flip = np.linalg.det(rot) < 0 and ir.p != (-1) ** ir.l
     return -D if flip else D
-
-
-@pytest.fixture
-def ethanol():
-    m = molecule("CH3CH2OH")
-    m.rattle(0.05, seed=3)
-    return Structure(m.numbers, m.positions)
-
-
-@pytest.fixture
-def alloy():
-    a = bulk("Cu", "fcc", a=3.6) * (2, 1, 1)
-    a.set_chemical_symbols(["Cu", "Au"])
-    a.cell[2] += [0.3, -0.2, 0.1]
-    a.rattle(0.1, seed=1)
-    return Structure(a.numbers, a.positions, a.cell.array, a.pbc)
 
 
 def test_small_config_parameter_count_matches_a_hand_count():
