@@ -62,6 +62,15 @@ def test_invariance_and_equivariance(ff, cell, radical):
     physics.assert_invariance(ff, radical, dataset_id=1)
 
 
+def test_features_are_invariant_or_equivariant(ff, cell, radical):
+    physics.assert_features_equivariant(ff, radical)
+    physics.assert_features_equivariant(ff, cell)
+
+
+def test_no_unused_parameters(ff, radical):
+    physics.assert_no_unused_parameters(ff, radical)
+
+
 def test_supercell_is_extensive(ff, cell):
     physics.assert_supercell_extensive(ff, cell)
 

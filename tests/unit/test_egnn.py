@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy.spatial.transform import Rotation
 
 from atomgfm import keys as K
 from atomgfm.data.graph import collate, structure_to_graph
@@ -54,25 +53,6 @@ def test_dimer_is_smooth_at_the_cutoff():
     assert abs(out[0][K.ENERGY][0] - out[1][K.ENERGY][0]) < 1e-6
     assert np.abs(out[0][K.FORCES]).max() < 1e-4
     np.testing.assert_array_equal(out[1][K.FORCES], 0.0)
-
-
-@pytest.mark.parametrize("improper", [False, True])
-def test_vectors_rotate_with_the_structure(ethanol, alloy, improper):
-    ff = _ff()
-    rot = Rotation.random(random_state=4).as_matrix()
-    if improper:  # E(3): vectors also follow a reflection
-        rot = rot @ np.diag([1.0, 1.0, -1.0])
-    for s in (ethanol, alloy):
-        turned = Structure(s.numbers, s.positions @ rot.T,
-                           None if s.cell is None else s.cell @ rot.T, s.pbc)
-        with torch.no_grad():
-            a = ff.backbone(_batch([s], ff.cutoff))
-            b = ff.backbone(_batch([turned], ff.cutoff))
-        va, vb = a[K.NODE_VECTORS].numpy(), b[K.NODE_VECTORS].numpy()
-        assert va.shape == (s.n_atoms, 3, 4) and np.abs(va).max() > 1e-4
-        np.testing.assert_allclose(vb, np.einsum("ab,nbc->nac", rot, va), atol=1e-10)
-        np.testing.assert_allclose(b[K.NODE_SCALARS].numpy(), a[K.NODE_SCALARS].numpy(),
-                                   atol=1e-10)
 
 
 def test_fp32_and_fp64_energies_agree(ethanol, alloy):

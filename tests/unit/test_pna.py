@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.spatial.transform import Rotation
 
 from atomgfm import keys as K
 from atomgfm.data.graph import collate, structure_to_graph
@@ -129,25 +128,6 @@ def test_each_aggregator_is_smooth_as_a_fifth_neighbour_crosses_the_cutoff(aggre
     # The fifth atom does matter inside the cutoff (so the test can see a jump).
     near = physics.evaluate(ff, [_fifth_neighbour(rc - 0.7)])[K.ENERGY][0]
     assert abs(near - out[1][K.ENERGY][0]) > 1e-4
-
-
-@pytest.mark.parametrize("improper", [False, True])
-def test_vectors_rotate_with_the_structure(ethanol, alloy, improper):
-    ff = _ff()
-    rot = Rotation.random(random_state=5).as_matrix()
-    if improper:  # E(3): vectors also follow a reflection
-        rot = rot @ np.diag([1.0, 1.0, -1.0])
-    for s in (ethanol, alloy):
-        turned = Structure(s.numbers, s.positions @ rot.T,
-                           None if s.cell is None else s.cell @ rot.T, s.pbc)
-        with torch.no_grad():
-            a = ff.backbone(_batch([s], ff.cutoff))
-            b = ff.backbone(_batch([turned], ff.cutoff))
-        va, vb = a[K.NODE_VECTORS].numpy(), b[K.NODE_VECTORS].numpy()
-        assert va.shape == (s.n_atoms, 3, 32) and np.abs(va).max() > 1e-4
-        np.testing.assert_allclose(vb, np.einsum("ab,nbc->nac", rot, va), atol=1e-10)
-        np.testing.assert_allclose(b[K.NODE_SCALARS].numpy(), a[K.NODE_SCALARS].numpy(),
-                                   atol=1e-10)
 
 
 def test_fp32_and_fp64_energies_agree(ethanol, alloy):

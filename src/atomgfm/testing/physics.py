@@ -211,3 +211,35 @@ def precision_errors(ff, structures: list[Structure], dataset_ids: list[int]) ->
         errors[f"{precision}_forces_eV_A"] = float(np.max(np.abs(f - ref[K.FORCES])))
     ff.double()
     return errors
+
+
+def assert_features_equivariant(ff, s: Structure, seed: int = 4, atol: float = 1e-10) -> None:
+    """The backbone's NODE_SCALARS are invariant and its NODE_VECTORS (when it has them) rotate
+    with the structure, under a rotation and under a rotation with a reflection."""
+    rot = Rotation.random(random_state=seed).as_matrix()
+    needs = ff.backbone.needs
+    for r in (rot, rot @ np.diag([1.0, 1.0, -1.0])):
+        turned = _with(s, positions=s.positions @ r.T, cell=s.cell @ r.T)
+        with torch.no_grad():
+            a, b = (ff.backbone(collate([structure_to_graph(x, ff.cutoff, 0, needs)],
+                                        torch.float64)) for x in (s, turned))
+        np.testing.assert_allclose(b[K.NODE_SCALARS].numpy(), a[K.NODE_SCALARS].numpy(),
+                                   atol=atol, err_msg="scalar features change under rotation")
+        if K.NODE_VECTORS in a:
+            va = a[K.NODE_VECTORS].numpy()
+            assert np.abs(va).max() > 1e-6, "vector features are all zero"
+            np.testing.assert_allclose(b[K.NODE_VECTORS].numpy(),
+                                       np.einsum("ab,nbc->nac", r, va), atol=atol,
+                                       err_msg="vector features do not rotate with the structure")
+
+
+def assert_no_unused_parameters(ff, s: Structure) -> None:
+    """Every trainable backbone parameter receives a gradient from an energy + force loss (DDP
+    then needs no unused-parameter search)."""
+    ff.zero_grad(set_to_none=True)
+    batch = collate([structure_to_graph(s, ff.cutoff, 0, ff.backbone.needs)], torch.float64)
+    out = ff(batch, forces=True, create_graph=True)
+    (out[K.ENERGY].sum() + out[K.FORCES].square().sum()).backward()
+    missing = [n for n, p in ff.backbone.named_parameters() if p.requires_grad and p.grad is None]
+    ff.zero_grad(set_to_none=True)
+    assert not missing, f"parameters without a gradient: {missing}"
