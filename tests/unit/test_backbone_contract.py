@@ -14,7 +14,7 @@ from atomgfm.config.schema import ConfigError, config_from_dict
 from atomgfm.data.graph import structure_to_graph
 from atomgfm.data.stats import GraphStats, graph_stats
 from atomgfm.data.structure import Structure
-from atomgfm.models.backbones.base import FEATURE_KINDS, Backbone
+from atomgfm.models.backbones.base import FEATURE_KINDS, Backbone, BackboneSettings
 from atomgfm.models.build import backbone_settings, build_model
 from atomgfm.registry import get, names
 
@@ -23,8 +23,9 @@ from atomgfm.registry import get, names
 def test_every_backbone_declares_the_contract(name):
     cls = get("backbone", name)
     assert issubclass(cls, Backbone)
+    assert issubclass(cls.Settings, BackboneSettings)
     fields = {f.name for f in dataclasses.fields(cls.Settings)}
-    assert "cutoff" in fields
+    assert {"cutoff", "max_charge", "max_spin"} <= fields
     assert set(cls.presets) == {"S", "M", "L"}
     for preset in cls.presets.values():
         assert set(preset) <= fields

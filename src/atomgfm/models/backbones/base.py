@@ -2,7 +2,8 @@
 
 A backbone class declares, besides its ``forward``:
 
-* ``Settings``: a dataclass of every setting with its default (``cutoff`` in Å is required). A
+* ``Settings``: a dataclass of every setting with its default, subclassing
+  :class:`BackboneSettings` (``cutoff`` in Å, ``max_charge``, ``max_spin``). A
   field's ``metadata`` may give ``range=(lo, hi)`` (and ``log=True``) or ``choices=[...]``: the
   space the hyperparameter search draws from. The builder parses ``model.backbone_kwargs`` into it,
   so a wrong type or an unknown key is an error that names the key.
@@ -82,3 +83,12 @@ def setting(default: Any, *, range: tuple | None = None, log: bool = False,
     if choices is not None:
         meta["choices"] = list(choices)
     return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclasses.dataclass
+class BackboneSettings:
+    """The settings every backbone has; a backbone's ``Settings`` subclasses this dataclass."""
+
+    cutoff: float = setting(5.0, range=(3.5, 6.5), doc="neighbour cutoff, Å")
+    max_charge: int = setting(6, doc="total charge embedded: -max_charge..max_charge e")
+    max_spin: int = setting(8, doc="multiplicities embedded: 0 (not given) .. max_spin")

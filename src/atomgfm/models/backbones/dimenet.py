@@ -47,7 +47,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from atomgfm import keys as K
-from atomgfm.models.backbones.base import Backbone, setting
+from atomgfm.models.backbones.base import Backbone, BackboneSettings, setting
 from atomgfm.nn.embedding import AtomEmbedding
 from atomgfm.nn.geometry import edge_vectors
 from atomgfm.nn.radial import BesselBasis, PolynomialCutoff
@@ -228,7 +228,7 @@ class OutputPP(nn.Module):
 
 
 @dataclass
-class DimeNetSettings:
+class DimeNetSettings(BackboneSettings):
     hidden_channels: int = setting(128, range=(32, 256), log=True,
                                    doc="width H of the edge messages and of the node features")
     num_blocks: int = setting(4, range=(1, 6), doc="interaction blocks")
@@ -237,10 +237,7 @@ class DimeNetSettings:
     out_emb_channels: int = setting(256, doc="width of the output blocks' dense layers")
     num_spherical: int = setting(7, doc="angular orders l = 0 .. num_spherical - 1")
     num_radial: int = setting(6, doc="radial Bessel functions (and zeros per order)")
-    cutoff: float = setting(5.0, range=(3.5, 6.5), doc="neighbour cutoff, Å")
     envelope_exponent: int = setting(5, doc="DimeNet's envelope exponent (polynomial order p-1)")
-    max_charge: int = setting(6, doc="total charge embedded: -max_charge..max_charge e")
-    max_spin: int = setting(8, doc="multiplicities embedded: 0 (not given) .. max_spin")
 
 
 @register("backbone", "dimenet")

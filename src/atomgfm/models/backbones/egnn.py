@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from atomgfm import keys as K
-from atomgfm.models.backbones.base import Backbone, setting
+from atomgfm.models.backbones.base import Backbone, BackboneSettings, setting
 from atomgfm.nn.embedding import AtomEmbedding
 from atomgfm.nn.geometry import edge_vectors
 from atomgfm.nn.radial import BesselBasis, PolynomialCutoff
@@ -106,17 +106,14 @@ class EGNNLayer(nn.Module):
 
 
 @dataclass
-class EGNNSettings:
+class EGNNSettings(BackboneSettings):
     num_features: int = setting(128, range=(32, 256), log=True,
                                 doc="width F of node features and messages")
     num_layers: int = setting(4, range=(1, 6), doc="equivariant graph convolution layers")
-    cutoff: float = setting(5.0, range=(3.5, 6.5), doc="neighbour cutoff, Å")
     num_rbf: int = setting(16, range=(8, 32), doc="Bessel radial functions")
     vector_channels: int = setting(16, choices=[0, 4, 8, 16, 32],
                                    doc="equivariant vector channels C (virtual coordinates); "
                                        "0: invariant EGNN")
-    max_charge: int = setting(6, doc="total charge embedded: -max_charge..max_charge e")
-    max_spin: int = setting(8, doc="multiplicities embedded: 0 (not given) .. max_spin")
 
 
 @register("backbone", "egnn")

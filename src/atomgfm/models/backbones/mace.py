@@ -47,7 +47,7 @@ from torch import nn
 
 from atomgfm import keys as K
 from atomgfm.data.structure import MAX_Z
-from atomgfm.models.backbones.base import Backbone, setting
+from atomgfm.models.backbones.base import Backbone, BackboneSettings, setting
 from atomgfm.nn.embedding import AtomEmbedding
 from atomgfm.nn.geometry import edge_vectors
 from atomgfm.nn.radial import BesselBasis, PolynomialCutoff
@@ -361,7 +361,7 @@ class Interaction(nn.Module):
 
 
 @dataclass
-class MACESettings:
+class MACESettings(BackboneSettings):
     num_channels: int = setting(128, range=(16, 256), log=True,
                                 doc="channels C of every irrep of the hidden features")
     max_ell: int = setting(3, choices=[1, 2, 3], doc="highest ell of the edge spherical harmonics")
@@ -371,10 +371,7 @@ class MACESettings:
     num_interactions: int = setting(2, range=(1, 3), doc="interaction + product layers")
     num_bessel: int = setting(8, doc="Bessel radial functions")
     num_poly_cutoff: int = setting(5, doc="exponent p of the polynomial envelope")
-    cutoff: float = setting(5.0, range=(3.5, 6.5), doc="neighbour cutoff, Å")
     radial_mlp: int = setting(64, doc="width of the radial MLP's three hidden layers")
-    max_charge: int = setting(6, doc="total charge embedded: -max_charge..max_charge e")
-    max_spin: int = setting(8, doc="multiplicities embedded: 0 (not given) .. max_spin")
 
 
 @register("backbone", "mace")

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from atomgfm import keys as K
-from atomgfm.models.backbones.base import Backbone, setting
+from atomgfm.models.backbones.base import Backbone, BackboneSettings, setting
 from atomgfm.nn.embedding import AtomEmbedding
 from atomgfm.nn.geometry import edge_vectors
 from atomgfm.nn.radial import BesselBasis, CosineCutoff
@@ -65,14 +65,11 @@ class PaiNNUpdate(nn.Module):
 
 
 @dataclass
-class PaiNNSettings:
+class PaiNNSettings(BackboneSettings):
     num_features: int = setting(64, range=(16, 256), log=True,
                                 doc="width F of scalar and vector channels")
     num_layers: int = setting(3, range=(1, 6), doc="message + update blocks")
-    cutoff: float = setting(5.0, range=(3.5, 6.5), doc="neighbour cutoff, Å")
     num_rbf: int = setting(20, range=(8, 32), doc="Bessel radial functions")
-    max_charge: int = setting(6, doc="total charge embedded: -max_charge..max_charge e")
-    max_spin: int = setting(8, doc="multiplicities embedded: 0 (not given) .. max_spin")
 
 
 @register("backbone", "painn")

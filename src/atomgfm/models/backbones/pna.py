@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from atomgfm import keys as K
-from atomgfm.models.backbones.base import Backbone, setting
+from atomgfm.models.backbones.base import Backbone, BackboneSettings, setting
 from atomgfm.models.backbones.painn import PaiNNUpdate
 from atomgfm.nn.embedding import AtomEmbedding
 from atomgfm.nn.geometry import edge_vectors
@@ -170,11 +170,10 @@ class PNAEqMessage(nn.Module):
 
 
 @dataclass
-class PNAEqSettings:
+class PNAEqSettings(BackboneSettings):
     num_features: int = setting(128, range=(32, 256), log=True,
                                 doc="width F of scalar and vector channels")
     num_layers: int = setting(3, range=(1, 6), doc="message + update blocks")
-    cutoff: float = setting(5.0, range=(3.5, 6.5), doc="neighbour cutoff, Å")
     num_rbf: int = setting(16, range=(8, 32), doc="Bessel radial functions")
     aggregators: str = setting("mean,max,min,std",
                                choices=["mean,max,min,std", "mean,max,min", "mean,std", "mean"],
@@ -186,8 +185,6 @@ class PNAEqSettings:
                            doc="degree scalers of the aggregates")
     temperature: float = setting(1.0, range=(0.1, 10.0), log=True,
                                  doc="softmax/softmin temperature T of the max/min aggregators")
-    max_charge: int = setting(6, doc="total charge embedded: -max_charge..max_charge e")
-    max_spin: int = setting(8, doc="multiplicities embedded: 0 (not given) .. max_spin")
 
 
 @register("backbone", "pnaeq")

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from atomgfm import keys as K
-from atomgfm.models.backbones.base import Backbone, setting
+from atomgfm.models.backbones.base import Backbone, BackboneSettings, setting
 from atomgfm.nn.embedding import AtomEmbedding
 from atomgfm.nn.geometry import edge_vectors
 from atomgfm.nn.radial import CosineCutoff, GaussianBasis
@@ -69,16 +69,13 @@ class SchNetInteraction(nn.Module):
 
 
 @dataclass
-class SchNetSettings:
+class SchNetSettings(BackboneSettings):
     num_features: int = setting(128, range=(32, 256), log=True,
                                 doc="width F of the atom-wise features")
     num_interactions: int = setting(3, range=(1, 6), doc="interaction blocks")
     num_filters: int = setting(0, doc="width of the continuous filters; 0 means num_features "
                                       "(the paper's choice)")
-    cutoff: float = setting(5.0, range=(3.5, 6.5), doc="neighbour cutoff, Å")
     num_rbf: int = setting(20, range=(8, 50), doc="Gaussians on an even grid over [0, cutoff]")
-    max_charge: int = setting(6, doc="total charge embedded: -max_charge..max_charge e")
-    max_spin: int = setting(8, doc="multiplicities embedded: 0 (not given) .. max_spin")
 
 
 @register("backbone", "schnet")
