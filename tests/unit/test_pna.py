@@ -141,11 +141,7 @@ def test_fp32_and_fp64_energies_agree(ethanol, alloy):
 
 def test_every_parameter_gets_a_gradient(ethanol):
     """No unused parameters: DDP needs no unused-parameter search."""
-    ff = _ff("S")
-    out = ff(_batch([ethanol], ff.cutoff), forces=True, create_graph=True)
-    (out[K.ENERGY].sum() + out[K.FORCES].square().sum()).backward()
-    missing = [n for n, p in ff.backbone.named_parameters() if p.requires_grad and p.grad is None]
-    assert not missing
+    physics.assert_no_unused_parameters(_ff("S"), ethanol)
 
 
 def test_subsets_of_aggregators_and_scalers_and_bad_names(ethanol):
