@@ -240,6 +240,16 @@ def test_trainer_takes_a_checkpoint_model_and_new_data(tmp_path, datasets):
     with pytest.raises(ValueError, match=r"the model's heads \['bulk', 'clusters'\] are not the "
                                          r"data's datasets \['bulk'\]"):
         Trainer(model, one, cfg)
+    from atomgfm import keys as K
+    from atomgfm.models.build import build_model
+
+    dimenet = build_model({"backbone": "dimenet", "preset": "S",
+                           "backbone_kwargs": {"cutoff": model.cutoff}}, state["datasets"])
+    with pytest.raises(ValueError, match=r"needs graph fields \['triplet_index'\] that the data "
+                                         r"lacks"):
+        Trainer(dimenet, data, cfg)
+    assert K.TRIPLET_INDEX in prepare_data(cfg.data, model.cutoff, datasets, progress=False,
+                                           needs=dimenet.backbone.needs).needs
     far = prepare_data(cfg.data, 3.0, datasets, progress=False)
     with pytest.raises(ValueError, match="graphs were built at 3.0 Å but the model's cutoff is"):
         Trainer(model, far, cfg)

@@ -176,6 +176,7 @@ class PreparedData:
         cutoff: the cutoff (Å) the graphs were built at.
         datasets: the loaded records when the data came from files (None from a store); used
             for baselines in evaluation tables.
+        needs: the extra graph fields the graphs were built with (e.g. ``TRIPLET_INDEX``).
     """
 
     table: list[dict]
@@ -184,6 +185,7 @@ class PreparedData:
     stats: GraphStats
     cutoff: float
     datasets: list[LoadedDataset] | None = None
+    needs: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         ids = [d["id"] for d in self.table]
@@ -208,7 +210,7 @@ def prepare_data(cfg: DataConfig, cutoff: float, datasets: list[LoadedDataset] |
            for d in datasets]
     stats = graph_stats(source[i] for source in train for i in range(len(source)))
     return PreparedData([d.registry_entry() for d in datasets], train, val, stats, float(cutoff),
-                        datasets)
+                        datasets, frozenset(needs))
 
 
 def check_charge_spin(datasets: list[LoadedDataset], max_charge: int, max_spin: int) -> None:

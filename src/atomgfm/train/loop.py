@@ -76,7 +76,7 @@ class Trainer:
         if list(model.dataset_names) != data.names:
             raise ValueError(f"the model's heads {model.dataset_names} are not the data's "
                              f"datasets {data.names} (same names, same id order)")
-        missing = set(model.backbone.needs) - set(data.train[0][0]) if len(data.train[0]) else set()
+        missing = set(model.backbone.needs) - data.needs
         if missing:
             raise ValueError(f"the backbone needs graph fields {sorted(missing)} that the data "
                              "lacks: prepare_data(..., needs=model.backbone.needs)")
