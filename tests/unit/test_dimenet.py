@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -19,15 +21,10 @@ from atomgfm.models.backbones.dimenet import (
     spherical_bessel_zeros,
     spherical_jn,
 )
-from atomgfm.models.build import build_model
 from atomgfm.testing import physics
+from atomgfm.testing.fixtures import random_force_field
 
-
-def _ff(preset: str = "S", **kwargs):
-    ff = build_model({"backbone": "dimenet", "preset": preset, "backbone_kwargs": kwargs},
-                     ["a"], seed=0).double()
-    ff.heads["a"].set_normalization(np.random.default_rng(0).normal(0, 1, MAX_Z + 1), 0.7)
-    return ff.eval()
+_ff = partial(random_force_field, "dimenet")
 
 
 def _batch(structures, cutoff, dtype=torch.float64):

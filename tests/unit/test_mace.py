@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -13,15 +15,10 @@ from atomgfm.data.graph import collate, structure_to_graph
 from atomgfm.data.stats import GraphStats
 from atomgfm.data.structure import MAX_Z, Structure
 from atomgfm.models.backbones.mace import MACE, SymmetricContraction, symmetric_basis
-from atomgfm.models.build import build_model
 from atomgfm.testing import physics
+from atomgfm.testing.fixtures import random_force_field
 
-
-def _ff(preset: str = "S", **kwargs):
-    ff = build_model({"backbone": "mace", "preset": preset, "backbone_kwargs": kwargs},
-                     ["a"], seed=0).double()
-    ff.heads["a"].set_normalization(np.random.default_rng(0).normal(0, 1, MAX_Z + 1), 0.7)
-    return ff.eval()
+_ff = partial(random_force_field, "mace")
 
 
 def _batch(structures, cutoff, dtype=torch.float64):

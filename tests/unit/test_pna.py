@@ -4,6 +4,7 @@ precision, unused parameters."""
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import pytest
@@ -16,13 +17,9 @@ from atomgfm.data.structure import MAX_Z, Structure
 from atomgfm.models.backbones.pna import PNAEq, aggregate
 from atomgfm.models.build import build_model
 from atomgfm.testing import physics
+from atomgfm.testing.fixtures import random_force_field
 
-
-def _ff(preset: str = "S", stats=None, **kwargs):
-    ff = build_model({"backbone": "pnaeq", "preset": preset, "backbone_kwargs": kwargs},
-                     ["a"], stats, seed=0).double()
-    ff.heads["a"].set_normalization(np.random.default_rng(0).normal(0, 1, MAX_Z + 1), 0.7)
-    return ff.eval()
+_ff = partial(random_force_field, "pnaeq")
 
 
 def _batch(structures, cutoff, dtype=torch.float64):

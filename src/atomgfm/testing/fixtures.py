@@ -62,3 +62,15 @@ def tiny_datasets(n_bulk: int = 24, n_clusters: int = 12, seed: int = 0) -> list
                                  [structures[i] for i in va], fit_references(train, name),
                                  provenance="fixture"))
     return out
+
+
+def random_force_field(backbone: str, preset: str = "S", stats=None, seed: int = 0, **settings):
+    """A one-head fp64 force field in eval mode with seeded weights and random element references
+    (scale 0.7), for backbone unit tests; ``settings`` override the preset."""
+    from atomgfm.data.structure import MAX_Z
+    from atomgfm.models.build import build_model
+
+    ff = build_model({"backbone": backbone, "preset": preset, "backbone_kwargs": settings},
+                     ["a"], stats, seed=seed).double()
+    ff.heads["a"].set_normalization(np.random.default_rng(seed).normal(0, 1, MAX_Z + 1), 0.7)
+    return ff.eval()
