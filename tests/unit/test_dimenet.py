@@ -135,14 +135,7 @@ def test_every_parameter_gets_a_gradient(ethanol):
 
 
 def test_fp32_and_fp64_agree(ethanol, alloy):
-    ff = _ff("M")
-    ref = physics.evaluate(ff, [ethanol, alloy])
-    ff32 = ff.float()
-    out = ff32(_batch([ethanol, alloy], ff32.cutoff, torch.float32), forces=True)
-    np.testing.assert_allclose(out[K.ENERGY].detach().double().numpy(), ref[K.ENERGY],
-                               rtol=1e-5)
-    np.testing.assert_allclose(out[K.FORCES].detach().double().numpy(), ref[K.FORCES],
-                               atol=1e-4)
+    physics.assert_fp32_matches_fp64(_ff("M"), [ethanol, alloy], force_atol=1e-4)
 
 
 def test_settings_are_checked():

@@ -128,12 +128,7 @@ def test_each_aggregator_is_smooth_as_a_fifth_neighbour_crosses_the_cutoff(aggre
 
 
 def test_fp32_and_fp64_energies_agree(ethanol, alloy):
-    ff = _ff("M")
-    e64 = physics.evaluate(ff, [ethanol, alloy])[K.ENERGY]
-    ff32 = ff.float()
-    batch = _batch([ethanol, alloy], ff32.cutoff, torch.float32)
-    e32 = ff32(batch, forces=False)[K.ENERGY].detach().double().numpy()
-    np.testing.assert_allclose(e32, e64, rtol=1e-5)
+    physics.assert_fp32_matches_fp64(_ff("M"), [ethanol, alloy])
 
 
 def test_every_parameter_gets_a_gradient(ethanol):

@@ -243,3 +243,20 @@ def assert_no_unused_parameters(ff, s: Structure) -> None:
     missing = [n for n, p in ff.backbone.named_parameters() if p.requires_grad and p.grad is None]
     ff.zero_grad(set_to_none=True)
     assert not missing, f"parameters without a gradient: {missing}"
+
+
+def assert_fp32_matches_fp64(ff, structures: list[Structure], rtol: float = 1e-5,
+                             force_atol: float | None = None) -> None:
+    """The same weights in fp32 give the fp64 energies to ``rtol`` (and forces to
+    ``force_atol`` eV/Å when given). ``ff`` is left in fp64."""
+    ref = evaluate(ff.double(), structures)
+    ff32 = ff.float()
+    batch = collate([structure_to_graph(s, ff32.cutoff, 0, ff32.backbone.needs)
+                     for s in structures], torch.float32)
+    out = ff32(batch, forces=force_atol is not None)
+    np.testing.assert_allclose(out[K.ENERGY].detach().double().numpy(), ref[K.ENERGY],
+                               rtol=rtol, err_msg="fp32 energies differ from fp64")
+    if force_atol is not None:
+        np.testing.assert_allclose(out[K.FORCES].detach().double().numpy(), ref[K.FORCES],
+                                   atol=force_atol, err_msg="fp32 forces differ from fp64")
+    ff.double()
