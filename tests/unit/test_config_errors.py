@@ -145,8 +145,9 @@ def test_cli_shows_library_log_records_by_verbosity(monkeypatch, capsys, argv, e
     import logging
 
     from atomgfm.cli import main as cli
+    from atomgfm.cli.verbs import info as info_verb
 
-    monkeypatch.setattr(cli, "_info", _fake_verb)
+    monkeypatch.setattr(info_verb, "run", _fake_verb)
     logger = logging.getLogger("atomgfm")
     before = (logger.level, list(logger.handlers))
     assert cli.main(argv) == 0
@@ -158,8 +159,9 @@ def test_cli_shows_library_log_records_by_verbosity(monkeypatch, capsys, argv, e
 
 def test_cli_errors_are_one_line_and_verbose_adds_the_traceback(monkeypatch, capsys):
     from atomgfm.cli import main as cli
+    from atomgfm.cli.verbs import info as info_verb
 
-    monkeypatch.setattr(cli, "_info", _fake_verb)
+    monkeypatch.setattr(info_verb, "run", _fake_verb)
     assert cli.main(["-q", "info", "boom"]) == 2
     err = capsys.readouterr().err
     assert err.splitlines() == ["[atomgfm] warning: files of dataset 'a' changed since training",
