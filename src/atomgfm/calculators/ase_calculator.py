@@ -9,7 +9,7 @@ from ase.calculators.calculator import all_changes
 
 from atomgfm.data.readers.base import charge_and_spin
 from atomgfm.data.structure import Structure, StructureError, _where
-from atomgfm.inference.predictor import Predictor
+from atomgfm.inference.spread import SpreadPredictor
 
 
 class UntrainedStateWarning(UserWarning):
@@ -60,9 +60,21 @@ class Calculator(_AseCalculator):
 
     Args:
         checkpoint: path to an atomgfm checkpoint.
-        head: dataset (level of theory) whose head to use; required when the model has several.
+        head: dataset (level of theory) whose head to use, or ``"auto"``: the head chosen per
+            structure (:mod:`atomgfm.inference.head_choice`: the checkpoint's router when it has
+            one, else the head whose training elements cover the structure, ties broken by fixed
+            rules and logged). Required when the model has several heads.
         device: auto | cpu | cuda.
         precision: override the checkpoint's precision (e.g. "fp64" for tight relaxations).
+        ensemble: more checkpoints with the same heads; energy and forces are then the mean of
+            all models and their spread enters the uncertainty.
+        uncertainty: compute the head (and ensemble) spread: every head covering the structure
+            is read out from one encode and differentiated (one backward per head on CPU).
+
+    Results beyond energy, forces and stress (:mod:`atomgfm.inference.spread`): ``head`` (the
+    head used), ``uncertainty`` (eV/Å, the largest atomic force spread), ``spread_heads``,
+    ``energy_spread_heads`` (eV/atom), ``forces_spread_heads`` ((n,) eV/Å) and the same for
+    ``_ensemble``. ``calculate_batch(images)`` evaluates many Atoms in packed forwards.
 
     Total charge and spin multiplicity come from ``atoms.info["charge"]`` and
     ``atoms.info["spin"]`` (multiplicity 2S+1), as in OMol25-style files. When the head's
@@ -70,18 +82,23 @@ class Calculator(_AseCalculator):
     :class:`UntrainedStateWarning` is issued, once per head and state.
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "uncertainty"]
 
     def __init__(self, checkpoint: str, head: str | None = None, device: str = "auto",
-                 precision: str | None = None, **kwargs) -> None:
+                 precision: str | None = None, ensemble: list[str] | tuple[str, ...] = (),
+                 uncertainty: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.predictor = Predictor.from_checkpoint(checkpoint, device, precision)
+        self.spread = SpreadPredictor.from_checkpoints([checkpoint, *ensemble], device, precision)
+        self.predictor = self.spread.main
         if head is None:
             if len(self.predictor.heads) != 1:
-                raise ValueError(f"choose a head: this model has {self.predictor.heads}")
+                raise ValueError(f"choose a head (a name or 'auto'): this model has "
+                                 f"{self.predictor.heads}")
             head = self.predictor.heads[0]
-        self.predictor.head_id(head)  # validates the name
+        if head != "auto":
+            self.predictor.head_id(head)  # validates the name
         self.head = head
+        self.uncertainty = uncertainty
         self._warned: set[tuple[str, tuple[int, int]]] = set()
 
     def check_state(self, atoms, tol=1e-15):
@@ -94,36 +111,63 @@ class Calculator(_AseCalculator):
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        s = atoms_to_structure(self.atoms, self.head)
-        try:
-            self.predictor.check(s, self.head)
-        except ValueError as exc:  # unknown elements: name the Atoms, not "<input>, record 0"
-            raise _renamed(exc, describe_atoms(self.atoms, s.charge, s.spin),
-                           f"{s.source or '<input>'}, record {s.index}") from None
-        self._warn_untrained_state(s)
-        want_stress = "stress" in properties
-        if want_stress and not self.atoms.pbc.all():
-            raise ValueError("stress needs a structure periodic in all three directions")
-        r = self.predictor.predict([s], head=self.head, forces=True, stress=want_stress)[0]
-        self.results["energy"] = self.results["free_energy"] = r["energy"]
-        self.results["forces"] = r["forces"]
-        if want_stress:
-            st = r["stress"]
-            self.results["stress"] = st[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]  # Voigt
+        self.results = self.calculate_batch([self.atoms], properties)[0]
 
-    def _warn_untrained_state(self, s: Structure) -> None:
+    def calculate_batch(self, images, properties=("energy", "forces"), **limits) -> list[dict]:
+        """Results for many ``Atoms`` at once (e.g. NEB images, many relaxations): graphs packed
+        into batches under the device's limits, one forward (and backward) per batch, each image
+        with its own head when ``head="auto"``. Returns one ``calc.results``-style dict per
+        image, in order; the images and this calculator's cache are left untouched.
+
+        Stress is computed for fully periodic images (asking for it with a non-periodic image is
+        an error). ``limits`` override the batch limits (max_atoms, max_edges, max_structures)."""
+        structures = [self._structure(a) for a in images]
+        want_stress = "stress" in properties
+        if want_stress:
+            for a in images:
+                if not a.pbc.all():
+                    raise ValueError(f"{describe_atoms(a)}: stress needs a structure periodic "
+                                     "in all three directions")
+        names = []
+        for a, s in zip(images, structures, strict=True):
+            try:
+                names.append(self.spread.heads_for([s], self.head)[0])
+            except ValueError as exc:  # unknown elements: name the Atoms, not "<input>, record 0"
+                raise _renamed(exc, describe_atoms(a, s.charge, s.spin),
+                               f"{s.source or '<input>'}, record {s.index}") from None
+        for a, s, name in zip(images, structures, names, strict=True):
+            self._warn_untrained_state(s, name, a)
+        # Fully periodic structures always get their stress (it costs little beside the forces
+        # and spares ASE a second call when a cell filter asks for it next).
+        rs = self.spread.predict(structures, names, forces=True,
+                                 stress=True if want_stress else None,
+                                 uncertainty=self.uncertainty, **limits)
+        out = []
+        for r in rs:
+            res = dict(r)
+            res["free_energy"] = r["energy"]
+            if "stress" in r:
+                res["stress"] = r["stress"][[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]  # Voigt
+            res.setdefault("uncertainty", 0.0)
+            out.append(res)
+        return out
+
+    def _structure(self, atoms) -> Structure:
+        return atoms_to_structure(atoms, self.head if self.head != "auto" else "")
+
+    def _warn_untrained_state(self, s: Structure, head: str, atoms) -> None:
         """Warn once per (head, state) when the head never saw this (charge, multiplicity)."""
-        states = self.predictor.datasets[self.head].get("states")
+        states = self.predictor.datasets[head].get("states")
         if states is None:  # a checkpoint written before states were recorded
             return
         state = (int(round(s.charge)), int(round(s.spin)))
-        if (self.head, state) in self._warned:
+        if (head, state) in self._warned:
             return
         seen = sorted({(int(q), int(m)) for q, m in states})
         if state in seen:
             return
-        self._warned.add((self.head, state))
-        warnings.warn(f"head {self.head!r} never trained on charge {state[0]}, multiplicity "
+        self._warned.add((head, state))
+        warnings.warn(f"head {head!r} never trained on charge {state[0]}, multiplicity "
                       f"{state[1]} (its training states (charge, multiplicity): {seen}); "
-                      f"{describe_atoms(self.atoms)} is predicted by extrapolation",
+                      f"{describe_atoms(atoms)} is predicted by extrapolation",
                       UntrainedStateWarning, stacklevel=3)
