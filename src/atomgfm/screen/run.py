@@ -1,0 +1,382 @@
+"""``screen run``: stream candidates through the model, write Parquet chunks, resume after a kill.
+
+    screener = Screener.from_checkpoint("runs/demo/best.pt", ScreenSettings(forces=True))
+    screener.run(CandidateGenerator.from_file("spec.yaml"), "runs/screen1")
+
+The candidate index space is cut into blocks of ``chunk_size``; block b belongs to rank
+b mod WORLD_SIZE (torchrun's environment; ranks share nothing else), and within a rank to
+DataLoader worker (b div WORLD_SIZE) mod workers. A worker builds the graphs of its block
+(neighbour lists in that process), packs them into batches by atoms and edges, and passes them
+on; the main process encodes each batch once, evaluates every kept head in one stacked product,
+blends by router weight (:mod:`atomgfm.screen.engine`) and, when all batches of a block are
+back, writes the block's chunk (:mod:`atomgfm.screen.results`). A restarted run skips blocks
+whose chunk exists, whatever the number of ranks, so no candidate is lost or scored twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm.auto import tqdm
+
+from atomgfm import keys as K
+from atomgfm.data.graph import collate, structure_to_graph
+from atomgfm.data.mixing import packed_batches
+from atomgfm.data.structure import StructureError
+from atomgfm.precision import autocast, param_dtype, resolve_device
+from atomgfm.screen import results as R
+from atomgfm.screen.engine import blend
+
+log = logging.getLogger(__name__)
+
+BATCH_LIMITS = {"cpu": {"max_atoms": 1024, "max_edges": 16_000, "max_structures": 256},
+                "cuda": {"max_atoms": 16_384, "max_edges": 1_000_000, "max_structures": 4096}}
+
+
+@dataclass
+class ScreenSettings:
+    """How to screen. threshold: heads below this router weight are skipped; confidence: rows
+    whose largest weight is below it are flagged; chunk_size: candidates per Parquet chunk (and
+    per resume unit); workers: graph-building processes (0: in the main process)."""
+
+    threshold: float = 0.01
+    confidence: float = 0.5
+    forces: bool = False
+    precision: str = "fp32"
+    device: str = "auto"
+    chunk_size: int = 4096
+    workers: int = 1
+    max_atoms: int | None = None
+    max_edges: int | None = None
+    max_structures: int | None = None
+    progress: bool = True
+
+
+class FileCandidates:
+    """Structures of a file or folder through the reader registry; index = position in the
+    stream, id = ``file:record``. Invalid records are skipped by the reader and reported."""
+
+    def __init__(self, path: str | Path, format: str | None = None) -> None:
+        self.path, self.format = str(path), format
+
+    def __len__(self) -> int:  # unknown without reading: blocks are cut as the stream goes
+        raise TypeError("a file source has no length before it is read")
+
+    def describe(self) -> dict:
+        return {"kind": "files", "path": self.path, "format": self.format}
+
+    def items(self, owned: Callable[[int], bool], chunk: int) -> Iterator[tuple[int, list]]:
+        from atomgfm.data.readers import iter_structures
+
+        stream = iter_structures(self.path, format=self.format, on_error="skip")
+        block, lo = [], 0
+        with stream:
+            for i, s in enumerate(stream):
+                if i // chunk != lo // chunk:
+                    if owned(lo // chunk):
+                        yield lo, block
+                    block, lo = [], i
+                block.append((i, f"{Path(s.source).name}:{s.index}", s, None))
+            if block and owned(lo // chunk):
+                yield lo, block
+        if stream.skipped.total:
+            log.warning("%s", stream.skipped)
+
+
+class GeneratedCandidates:
+    """A :class:`~atomgfm.screen.generate.CandidateGenerator` as a source (random access)."""
+
+    def __init__(self, generator) -> None:
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return len(self.generator)
+
+    def describe(self) -> dict:
+        return {"kind": "generator", "source": self.generator.source, "n": len(self.generator),
+                "digest": self.generator.digest,
+                "counts": self.generator.counts()}
+
+    def items(self, owned, chunk):
+        n = len(self.generator)
+        for b in range((n + chunk - 1) // chunk):
+            if owned(b):
+                rows = []
+                for i in range(b * chunk, min((b + 1) * chunk, n)):
+                    try:
+                        c = self.generator[i]
+                        rows.append((i, c.id, c.structure, None))
+                    except StructureError as exc:
+                        rows.append((i, f"#{i}", None, str(exc)))
+                yield b * chunk, rows
+
+
+class _Batches(IterableDataset):
+    """Blocks owned by (rank, worker) -> packed, collated batches with their rows."""
+
+    def __init__(self, source, chunk, rank, world, done, cutoff, needs, dtype, head_elements,
+                 limits):
+        self.source, self.chunk, self.rank, self.world = source, chunk, rank, world
+        self.done, self.cutoff, self.needs, self.dtype = done, cutoff, needs, dtype
+        self.head_elements = head_elements  # (H, MAX_Z+1) bool: elements each head knows
+        self.limits = limits
+
+    def __iter__(self):
+        info = get_worker_info()
+        w, n_w = (info.id, info.num_workers) if info else (0, 1)
+
+        def owned(b):
+            return (b % self.world == self.rank and (b // self.world) % n_w == w
+                    and b * self.chunk not in self.done)
+
+        for lo, rows in self.source.items(owned, self.chunk):
+            yield from self._block(lo, rows)
+
+    def _block(self, lo, rows):
+        graphs, meta, errors = [], [], []
+        for i, cid, s, err in rows:
+            if err is None:
+                try:
+                    graphs.append(structure_to_graph(s, self.cutoff, 0, self.needs))
+                    meta.append((i, cid, s))
+                    continue
+                except StructureError as exc:
+                    err = str(exc)
+            errors.append((i, cid, err))
+        hi = lo + len(rows)
+        packs = packed_batches([len(g[K.ATOMIC_NUMBERS]) for g in graphs],
+                               self.limits["max_atoms"], self.limits["max_structures"],
+                               [g[K.EDGE_INDEX].shape[1] for g in graphs],
+                               self.limits["max_edges"]) if graphs else []
+        n = max(len(packs), 1)
+        if not packs:
+            yield {"block": (lo, hi), "n": n, "batch": None, "rows": [], "errors": errors}
+        for k, idx in enumerate(packs):
+            structs = [meta[j][2] for j in idx]
+            present = np.zeros((len(idx), self.head_elements.shape[1]), dtype=bool)
+            for r, s in enumerate(structs):
+                present[r, s.numbers] = True
+            # a head covers a structure when it knows every element of it
+            cover = ~(present[:, None, :] & ~self.head_elements[None]).any(-1)  # (S, H)
+            yield {"block": (lo, hi), "n": n, "errors": errors if k == 0 else [],
+                   "batch": collate([graphs[j] for j in idx], self.dtype),
+                   "cover": torch.from_numpy(cover),
+                   "rows": [(meta[j][0], meta[j][1], _formula(s.numbers), s.n_atoms)
+                            for j, s in zip(idx, structs, strict=True)]}
+
+
+def _formula(numbers: np.ndarray) -> str:
+    """Hill formula of the whole structure, e.g. ``C6H4Cl2``."""
+    from ase.data import chemical_symbols
+    from ase.formula import Formula
+
+    return Formula.from_list([chemical_symbols[z] for z in numbers]).format("hill")
+
+
+class Screener:
+    """Screens candidate sources with a force field, its heads and an optional router.
+
+    Args:
+        model: a ``ForceField``.
+        datasets: the checkpoint's dataset registry (names, ids, training elements per head).
+        router: a :class:`~atomgfm.screen.router.Router`, or None for equal weights over the
+            heads that know a candidate's elements.
+        heads: restrict to these heads (default: all).
+    """
+
+    def __init__(self, model, datasets: list[dict], router=None, heads: list[str] | None = None,
+                 settings: ScreenSettings | None = None, checkpoint: str = "") -> None:
+        from atomgfm.data.structure import MAX_Z
+
+        self.settings = settings or ScreenSettings()
+        self.device = resolve_device(self.settings.device)
+        self.dtype = param_dtype(self.settings.precision)
+        self.model = model.to(self.device, self.dtype).eval()
+        table = {d["name"]: d for d in datasets}
+        self.heads = list(heads) if heads else [d["name"] for d in sorted(datasets,
+                                                                          key=lambda d: d["id"])]
+        unknown = [h for h in self.heads if h not in table]
+        if unknown:
+            raise KeyError(f"unknown head(s) {unknown}; the model has {sorted(table)}")
+        self.head_elements = np.zeros((len(self.heads), MAX_Z + 1), dtype=bool)
+        for k, h in enumerate(self.heads):
+            self.head_elements[k, table[h]["elements"]] = True
+        self.router = router.to(self.device) if router is not None else None
+        if self.router is not None:
+            missing = [h for h in self.heads if h not in self.router.heads]
+            if missing:
+                raise ValueError(f"the router has no output for head(s) {missing}")
+            self.router_cols = [self.router.heads.index(h) for h in self.heads]
+        self.checkpoint = str(checkpoint)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, settings: ScreenSettings | None = None,
+                        heads: list[str] | None = None, use_router: bool = True) -> Screener:
+        from atomgfm.models.checkpoint import load_model
+        from atomgfm.screen.router import load_router
+
+        model, state = load_model(path)
+        router = load_router(state) if use_router else None
+        if use_router and router is None:
+            log.warning("%s has no router (atomgfm router fit): equal weights over the heads "
+                        "that know each candidate's elements", path)
+        return cls(model, state["datasets"], router, heads, settings, str(path))
+
+    def weights(self, batch: dict[str, torch.Tensor], cover: torch.Tensor) -> torch.Tensor:
+        """(S, H) float64 router weights, zero for heads that do not know the elements, each
+        row renormalised (all-zero rows stay zero)."""
+        if self.router is None:
+            w = torch.ones(cover.shape, dtype=torch.float64, device=self.device)
+        else:
+            w = self.router.weights(batch)[:, self.router_cols]
+        w = w * cover.to(self.device)
+        total = w.sum(-1, keepdim=True)
+        return w / torch.where(total > 0, total, torch.ones_like(total))
+
+    def score(self, batch: dict[str, torch.Tensor], cover: torch.Tensor) -> dict[str, np.ndarray]:
+        """One collated batch -> result columns (NumPy) for its structures."""
+        s = self.settings
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        w = self.weights(batch, cover)
+        unknown = ~cover.to(self.device).any(-1)
+        w_eval = torch.where(unknown.unsqueeze(-1), torch.ones_like(w), w)  # scored, then NaN
+        with autocast(s.precision, self.device):
+            out = blend(self.model, batch, w_eval, self.heads, s.threshold, s.forces)
+        n = batch[K.N_ATOMS].to(torch.float64)
+        head_pa = out[K.HEAD_ENERGY] / n.unsqueeze(-1)
+        rel = (out[K.HEAD_ENERGY] - out["head_reference"]) / n.unsqueeze(-1)
+        wk = out[K.HEAD_WEIGHTS]
+        rel0 = torch.nan_to_num(rel)
+        rel_blend = (wk * rel0).sum(-1)
+        spread = torch.sqrt((wk * (rel0 - rel_blend.unsqueeze(-1)) ** 2).sum(-1))
+        energy = torch.where(unknown, torch.full_like(out[K.ENERGY], float("nan")), out[K.ENERGY])
+        cols = {"energy": energy, "energy_per_atom": energy / n,
+                "relative_energy_per_atom": torch.where(unknown, energy, rel_blend),
+                "spread": torch.where(unknown, energy, spread)}
+        if s.forces:
+            fnorm = torch.linalg.vector_norm(out[K.FORCES].detach().to(torch.float64), dim=-1)
+            fmax = torch.zeros_like(n).scatter_reduce(0, batch[K.BATCH], fnorm, "amax")
+            cols["fmax"] = torch.where(unknown, energy, fmax)
+        for k, h in enumerate(self.heads):
+            kept = out["kept"][:, k] & ~unknown
+            cols[f"e_{h}"] = torch.where(kept, head_pa[:, k], torch.full_like(n, float("nan")))
+            cols[f"w_{h}"] = torch.where(unknown, torch.zeros_like(n), wk[:, k])
+        cols["low_confidence"] = w.max(-1).values < s.confidence
+        cols["unknown_elements"] = unknown
+        return {k: v.detach().cpu().numpy() for k, v in cols.items()}
+
+    def _empty_columns(self) -> list[str]:
+        names = ["energy", "energy_per_atom", "relative_energy_per_atom", "spread"]
+        return names + (["fmax"] if self.settings.forces else []) + [
+            f"{p}_{h}" for h in self.heads for p in ("e", "w")]
+
+    def manifest(self, source) -> dict:
+        s = asdict(self.settings)
+        for k in ("progress", "workers", "device", "max_atoms", "max_edges", "max_structures"):
+            s.pop(k)  # these may change between a run and its resume
+        return {"checkpoint": self.checkpoint, "heads": self.heads, "source": source.describe(),
+                "router": self.router is not None, "settings": s}
+
+    def run(self, source, out: str | Path, rank: int | None = None, world: int | None = None,
+            on_chunk: Callable[[Path], None] | None = None) -> dict:
+        """Screen ``source`` into ``out``; resumes from the chunks there. Returns a summary."""
+        s = self.settings
+        rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+        world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} not in 0..{world - 1}")
+        if s.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {s.chunk_size}")
+        if not hasattr(source, "items"):
+            from atomgfm.screen.generate import CandidateGenerator
+
+            if not isinstance(source, CandidateGenerator):
+                raise TypeError("source must be a CandidateGenerator or a candidate source")
+            source = GeneratedCandidates(source)
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        if rank == 0:
+            R.write_manifest(out, self.manifest(source))
+            if R.clean_temporaries(out):
+                log.info("removed chunk temp files of an interrupted run")
+        done = R.done_chunks(out)
+        limits = {**BATCH_LIMITS.get(self.device.type, BATCH_LIMITS["cpu"]),
+                  **{k: v for k, v in (("max_atoms", s.max_atoms), ("max_edges", s.max_edges),
+                                       ("max_structures", s.max_structures)) if v}}
+        total = None
+        try:
+            n = len(source)
+            blocks = [b for b in range((n + s.chunk_size - 1) // s.chunk_size)
+                      if b % world == rank and b * s.chunk_size not in done]
+            total = sum(min((b + 1) * s.chunk_size, n) - b * s.chunk_size for b in blocks)
+        except TypeError:
+            pass
+        data = _Batches(source, s.chunk_size, rank, world, set(done), self.model.cutoff,
+                        frozenset(self.model.backbone.needs), self.dtype, self.head_elements,
+                        limits)
+        loader = DataLoader(data, batch_size=None, num_workers=s.workers,
+                            prefetch_factor=4 if s.workers else None,
+                            persistent_workers=False)
+        pending: dict[int, dict] = {}
+        n_scored = n_errors = n_chunks = 0
+        t0 = time.perf_counter()
+        bar = tqdm(total=total, desc=f"screen rank {rank}" if world > 1 else "screen",
+                   unit=" structures", disable=not s.progress, smoothing=0.1)
+        try:
+            for item in loader:
+                lo, hi = item["block"]
+                p = pending.setdefault(lo, {"hi": hi, "left": item["n"], "parts": []})
+                if item["batch"] is not None:
+                    cols = self.score(item["batch"], item["cover"])
+                    p["parts"].append((item["rows"], cols))
+                    n_scored += len(item["rows"])
+                for e in item["errors"]:
+                    p["parts"].append(([e[:2] + ("", 0)], {"error": e[2]}))
+                    n_errors += 1
+                bar.update(len(item["rows"]) + len(item["errors"]))
+                p["left"] -= 1
+                if p["left"] == 0:
+                    path = R.write_chunk(out, lo, p["hi"], self._columns(pending.pop(lo)))
+                    n_chunks += 1
+                    if on_chunk is not None:
+                        on_chunk(path)
+        finally:
+            bar.close()
+        dt = time.perf_counter() - t0
+        return {"scored": n_scored, "errors": n_errors, "chunks": n_chunks,
+                "skipped_chunks": len(done), "seconds": dt,
+                "structures_per_s": (n_scored + n_errors) / dt if dt > 0 else 0.0}
+
+    def _columns(self, block: dict) -> dict:
+        """Rows of a finished block in index order, every column present."""
+        names = self._empty_columns()
+        idx, ids, formulas, natoms, errs = [], [], [], [], []
+        values = {k: [] for k in names + ["low_confidence", "unknown_elements"]}
+        for rows, cols in block["parts"]:
+            m = len(rows)
+            for i, cid, formula, na in rows:
+                idx.append(i)
+                ids.append(cid)
+                formulas.append(formula)
+                natoms.append(na)
+            err = cols.get("error")
+            errs.extend([err] * m)
+            for k in values:
+                default = False if k in ("low_confidence", "unknown_elements") else np.nan
+                values[k].append(cols[k] if k in cols else np.full(m, default))
+        order = np.argsort(idx, kind="stable")
+        table = {"index": np.asarray(idx, dtype=np.int64)[order],
+                 "id": [ids[i] for i in order], "formula": [formulas[i] for i in order],
+                 "n_atoms": np.asarray(natoms, dtype=np.int32)[order]}
+        for k, parts in values.items():
+            table[k] = np.concatenate(parts)[order]
+        table["error"] = [errs[i] for i in order]
+        return table
