@@ -21,9 +21,12 @@ class DatasetConfig:
     name: str
     path: str | list[str]  # file(s); relative paths are resolved against data.root
     level_of_theory: str = ""
-    format: str | None = None  # ASE format name; None = guess from the suffix
+    format: str | None = None  # a reader's format (ani1x, spice, mptrj, ASE's...); None = by suffix
     energy_unit: str = "eV"
     length_unit: str = "Å"
+    # The reader's own settings, e.g. {energy_key: ccsd(t)_cbs.energy} for ANI-1x or
+    # {split: test} for Transition1x (docs/data.md lists each reader's); unknown ones are errors.
+    reader_options: dict[str, Any] = field(default_factory=dict)
     # Loss weights of this dataset's task. Terms are in normalised units (docs/training.md), so
     # equal energy and force weights make both count.
     energy_weight: float = 10.0

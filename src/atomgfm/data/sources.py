@@ -108,7 +108,7 @@ def load_datasets(cfg: DataConfig) -> list[LoadedDataset]:
         for source in sources:
             stream = iter_structures(source, dataset=dc.name, format=dc.format,
                                      energy_unit=dc.energy_unit, length_unit=dc.length_unit,
-                                     on_error=cfg.on_error)
+                                     on_error=cfg.on_error, reader_options=dc.reader_options)
             with stream:
                 structures.extend(stream)
             files.extend(Path(f) for f in stream.files)

@@ -10,13 +10,24 @@
 Registered readers (``registry.names("reader")``, each a :class:`ReaderSpec`): ``aselmdb``
 (fairchem's ASE-LMDB, ``.aselmdb``; needs ``lmdb``), ``ase_db`` (ASE databases, ``.db`` and
 ``.json``) and ``ase`` (every format ``ase.io`` reads, with its own frame splitting for (extended)
-XYZ). A reader module registers itself with :func:`reader`; importing this package imports every
+XYZ), and the public corpora's own layouts: ``ani1x`` and ``transition1x`` and ``spice``
+(HDF5), ``mptrj`` (CHGNet's JSON), ``md17`` (MD17 / rMD17 ``.npz``). A reader module registers
+itself with :func:`reader`; importing this package imports every
 reader module, which is what ``registry.get("reader", ...)`` does.
 """
 
 from __future__ import annotations
 
-from atomgfm.data.readers import ase_db, ase_files, aselmdb  # noqa: F401  (they register)
+from atomgfm.data.readers import (  # noqa: F401  (they register)
+    ani1x,
+    ase_db,
+    ase_files,
+    aselmdb,
+    md17,
+    mptrj,
+    spice,
+    transition1x,
+)
 from atomgfm.data.readers.base import (
     ReaderError,
     ReaderSpec,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 from collections.abc import Iterator
 from functools import partial
@@ -38,8 +39,10 @@ def is_ase_json_db(path: str) -> bool:
     """True when ``path`` is JSON laid out as an ASE database (``ase.io.write`` makes these)."""
     try:
         with open(path, encoding="utf-8") as fh:
-            head = fh.read(1)
-            if head != "{":
+            head = fh.read(64).lstrip()
+            # ASE's first key is a row id, "ids", "nextid" or "metadata": anything else (an
+            # MPtrj file's "mp-...") is not loaded whole just to find out.
+            if not re.match(r'\{\s*(\}|"(\d+|ids|nextid|metadata)")', head):
                 return False
             fh.seek(0)
             obj = json.load(fh)

@@ -49,6 +49,16 @@ class RecordError(ReaderError):
         self.reason = reason
 
 
+class Omitted(RecordError):
+    """A record the corpus itself leaves out of the chosen selection (ANI-1x's NaN energy for a
+    level of theory not computed for that conformer, a Transition1x path frame that repeats the
+    reactant): counted in the skip report under ``reason`` and never raised, whatever
+    ``on_error`` says; it is not a broken file."""
+
+    def __init__(self, message: str, reason: str = "label not computed") -> None:
+        super().__init__(message, reason)
+
+
 where = _where  # the location prefix every per-record message starts with (Structure's own)
 
 
@@ -111,6 +121,9 @@ class ReadOptions:
     energy_key: str | None = None
     forces_key: str | None = None
     stress_key: str | None = None
+    # Reader-specific settings from a dataset spec (e.g. ANI-1x's ``energy_key``, MPtrj's
+    # ``energy``); each reader lists the names it takes in ``ReaderSpec.options``.
+    reader_options: dict = field(default_factory=dict, hash=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.on_error not in ON_ERROR:
@@ -151,6 +164,7 @@ class ReaderSpec:
         generic: tried after every specific reader (the ``ase`` reader takes what ASE reads).
         folder_suffixes: the suffixes taken when scanning a folder (default: ``suffixes``); the
             ``ase`` reader leaves out generic ones such as ``.log``, ``.out``, ``.md``.
+        options: the ``reader_options`` names this reader takes (others are an error).
     """
 
     name: str
@@ -162,6 +176,7 @@ class ReaderSpec:
     recognises: Callable[[str], bool] | None = None
     generic: bool = False
     folder_suffixes: tuple[str, ...] | None = None
+    options: tuple[str, ...] = ()
 
     def takes(self, path: str, suffix: str, in_folder: bool = False) -> bool:
         """Whether this reader takes ``path`` (whose lower-case suffix is ``suffix``)."""
@@ -190,12 +205,14 @@ def reader(
     recognises: Callable[[str], bool] | None = None,
     generic: bool = False,
     folder_suffixes: tuple[str, ...] | None = None,
+    options: tuple[str, ...] = (),
 ) -> Callable[[RecordsFn], RecordsFn]:
     """Register ``records`` as the reader ``name`` (a :class:`ReaderSpec` in the registry)."""
 
     def deco(records: RecordsFn) -> RecordsFn:
         spec = ReaderSpec(name, records, tuple(formats), tuple(s.lower() for s in suffixes),
-                          tuple(requires), check, recognises, generic, folder_suffixes)
+                          tuple(requires), check, recognises, generic, folder_suffixes,
+                          tuple(options))
         register("reader", name)(spec)
         return records
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from atomgfm import registry
 from atomgfm.data.readers.base import (
+    Omitted,
     ReaderError,
     ReaderSpec,
     ReadOptions,
@@ -150,7 +151,7 @@ class StructureStream(Iterator[Structure]):
                     try:
                         structure = build()
                     except (StructureError, RecordError) as exc:
-                        if options.on_error == "raise":
+                        if options.on_error == "raise" and not isinstance(exc, Omitted):
                             raise
                         report.add(index, reason_for(exc), str(exc), source=path)
                         continue
@@ -190,6 +191,7 @@ def iter_structures(
     energy_key: str | None = None,
     forces_key: str | None = None,
     stress_key: str | None = None,
+    reader_options: dict | None = None,
 ) -> StructureStream:
     """Validated ``Structure`` records of ``path`` in eV / Å / e, read lazily.
 
@@ -197,9 +199,20 @@ def iter_structures(
     each by the reader its suffix selects (``format=`` restricts them to that format); other
     files in the folder are ignored. Released OMat24/OMol25 splits are such folders of
     ``.aselmdb`` files. Arguments are those of :func:`read_structures`. Problems found before
-    any record is read (missing path, unsupported file, missing backend package, empty file)
-    raise here; the rest as the stream reaches them (see :class:`StructureStream`).
+    any record is read (missing path, unsupported file, missing backend package, empty file,
+    an unknown reader option) raise here; the rest as the stream reaches them (see
+    :class:`StructureStream`).
     """
+    extra = dict(reader_options or {})
+    keys = {"energy_key": energy_key, "forces_key": forces_key, "stress_key": stress_key}
+    for name in keys:  # label keys may come from the dataset spec's reader_options too
+        if name in extra:
+            value = extra.pop(name)
+            if keys[name] is not None and keys[name] != value:
+                raise ReaderError(f"{os.fspath(path)}: {name} given twice ({keys[name]!r} and "
+                                  f"reader_options {value!r})")
+            keys[name] = value
+    energy_key, forces_key, stress_key = keys.values()
     options = ReadOptions(
         dataset=dataset,
         energy_factor=energy_factor(energy_unit),
@@ -208,6 +221,7 @@ def iter_structures(
         energy_key=energy_key,
         forces_key=forces_key,
         stress_key=stress_key,
+        reader_options=extra,
     )
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -220,6 +234,11 @@ def iter_structures(
         files = [(path, _spec_for(path, format))]
     for spec in {spec.name: spec for _, spec in files}.values():
         spec.require(path)
+        unknown = sorted(set(extra) - set(spec.options))
+        if unknown:
+            allowed = sorted({*spec.options, *keys})
+            raise ReaderError(f"{path}: unknown reader option(s) {unknown} for reader "
+                              f"{spec.name!r}; it takes {allowed}")
     return StructureStream(path, files, options, format)
 
 
@@ -234,6 +253,7 @@ def read_structures(
     energy_key: str | None = None,
     forces_key: str | None = None,
     stress_key: str | None = None,
+    reader_options: dict | None = None,
 ) -> ReadResult:
     """Read every record of ``path`` (a file or a folder) into validated ``Structure`` records.
 
@@ -243,12 +263,15 @@ def read_structures(
     rest of a file unreachable are raised either way. ``*_key`` names the label in
     ``atoms.info`` / ``atoms.arrays`` (e.g. ``"REF_energy"``); by default ``energy``,
     ``REF_energy``, ``total_energy`` (forces: ``forces``, ``REF_forces``; stress: ``stress``,
-    ``REF_stress``) are tried and more than one present in a record is an error. This is
+    ``REF_stress``) are tried and more than one present in a record is an error.
+    ``reader_options`` are the reader's own settings (``ReaderSpec.options``; the label keys
+    may be given there too); an unknown one is an error naming it. This is
     ``list(iter_structures(...))`` with its skip report.
     """
     stream = iter_structures(path, dataset=dataset, format=format, energy_unit=energy_unit,
                              length_unit=length_unit, on_error=on_error, energy_key=energy_key,
-                             forces_key=forces_key, stress_key=stress_key)
+                             forces_key=forces_key, stress_key=stress_key,
+                             reader_options=reader_options)
     with stream:
         structures = list(stream)
     return ReadResult(structures, stream.skipped)
