@@ -47,6 +47,13 @@ class DataConfig:
     max_structures_per_batch: int = 64
     max_edges_per_batch: int | None = None  # also close a batch at this many edges (manifest)
     on_error: str = "raise"  # raise | skip (skips are counted and reported)
+    # A preprocessed store (`atomgfm data preprocess`; relative to root) to stream from instead
+    # of reading the files; `datasets`, when given, selects and reweights the store's datasets.
+    store: str | None = None
+    stage_dir: str | None = None  # copy the store's shards here first (node-local disk), verified
+    verify_store: bool = True  # check every shard's hash before training (refuse a bad shard)
+    loader_workers: int = 0  # DataLoader worker processes building batches (0: in the loop)
+    prefetch: int = 2  # batches each loader worker prepares ahead
 
 
 @dataclass
@@ -156,6 +163,8 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         raise ConfigError(f"config.data.on_error: {cfg.data.on_error!r} is not raise|skip")
     if not 0.0 < cfg.data.val_fraction < 1.0:
         raise ConfigError("config.data.val_fraction must be in (0, 1)")
+    if cfg.data.loader_workers < 0 or cfg.data.prefetch < 1:
+        raise ConfigError("config.data.loader_workers must be >= 0 and config.data.prefetch >= 1")
     from atomgfm.models.build import backbone_settings
 
     try:  # the backbone's typed settings: a wrong or unknown key is named now, not at build

@@ -8,14 +8,17 @@
 The dataset registry (name → id, level of theory, labels, normalisation, provenance) that every
 checkpoint stores is produced here, from the training split only. Graph sources are sequences
 with a size manifest (atoms and edges per entry), so samplers pack batches without opening
-records and a sharded store can stand in for the in-memory lists.
+records and a sharded store can stand in for the in-memory lists. With ``data.store`` set,
+``prepare_data`` opens a preprocessed store instead (``data/store/``) and streams from it.
+
+Splits are decided by each structure's content hash (``data/store/splits.py``), in files and in
+stores alike: adding data never moves a structure between train and validation.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +34,7 @@ from atomgfm.data.neighbors import count_isolated
 from atomgfm.data.readers import iter_structures
 from atomgfm.data.references import Normalization, fit_references
 from atomgfm.data.stats import GraphStats, graph_stats
+from atomgfm.data.store.splits import hash_split
 from atomgfm.data.structure import Structure
 
 log = logging.getLogger(__name__)
@@ -93,15 +97,20 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
+def dataset_paths(cfg: DataConfig, dc: DatasetConfig) -> list[Path]:
+    """The files or folders of dataset ``dc``, relative paths resolved against ``cfg.root``."""
+    paths = [dc.path] if isinstance(dc.path, str) else list(dc.path)
+    return [p if p.is_absolute() else Path(cfg.root) / p for p in map(Path, paths)]
+
+
 def load_datasets(cfg: DataConfig) -> list[LoadedDataset]:
-    """Read every dataset of the config; report skipped records; fit references on train."""
+    """Read every dataset of the config; report skipped records; split by content hash; fit
+    references on train."""
     if not cfg.datasets:
         raise ValueError("config.data.datasets is empty: name at least one dataset")
-    root = Path(cfg.root)
     out = []
     for ds_id, dc in enumerate(cfg.datasets):
-        paths = [dc.path] if isinstance(dc.path, str) else list(dc.path)
-        sources = [p if Path(p).is_absolute() else root / p for p in map(Path, paths)]
+        sources = dataset_paths(cfg, dc)
         structures: list[Structure] = []
         skipped = []
         files: list[Path] = []  # a source may be a folder of files (OMat24/OMol25 layouts)
@@ -115,9 +124,8 @@ def load_datasets(cfg: DataConfig) -> list[LoadedDataset]:
             if stream.skipped.total:
                 skipped.append(str(stream.skipped))
                 log.warning("dataset %s: %s", dc.name, stream.skipped)
-        # Seeded by the dataset's name, so reordering the config never reshuffles a split.
-        seed = zlib.crc32(dc.name.encode()) + cfg.split_seed
-        tr, va = split_indices(len(structures), cfg.val_fraction, seed)
+        # By content hash: reordering the config or adding data never moves a structure.
+        tr, va = hash_split(structures, cfg.val_fraction, cfg.split_seed)
         train = [structures[i] for i in tr]
         val = [structures[i] for i in va]
         norm = fit_references(train, dc.name)
@@ -202,7 +210,12 @@ class PreparedData:
 def prepare_data(cfg: DataConfig, cutoff: float, datasets: list[LoadedDataset] | None = None,
                  progress: bool = True, needs: frozenset[str] = frozenset()) -> PreparedData:
     """Read (unless ``datasets`` are given), split, fit references and build graphs at
-    ``cutoff`` Å, with the extra fields the backbone ``needs`` (e.g. triplets)."""
+    ``cutoff`` Å, with the extra fields the backbone ``needs`` (e.g. triplets). With
+    ``cfg.store`` (and no ``datasets``) the graphs stream from that preprocessed store."""
+    if cfg.store and datasets is None:
+        from atomgfm.data.store.source import prepare_store_data
+
+        return prepare_store_data(cfg, cutoff, progress=progress, needs=needs)
     datasets = datasets if datasets is not None else load_datasets(cfg)
     train = [build_graphs(d.train, cutoff, d.id, f"graphs {d.name}/train", progress, needs)
              for d in datasets]

@@ -15,6 +15,7 @@ import torch
 from atomgfm import keys as K
 from atomgfm.data.graph import collate
 from atomgfm.data.mixing import packed_batches
+from atomgfm.data.references import Normalization, state_features
 from atomgfm.data.sources import GraphSource, LoadedDataset, build_graphs, load_datasets
 from atomgfm.inference.metrics import MetricAccumulator
 from atomgfm.precision import autocast, param_dtype, resolve_device
@@ -70,21 +71,65 @@ COLUMNS = (("energy_mae_meV_atom", "E MAE meV/atom"), ("forces_mae_meV_A", "F MA
            ("stress_mae_meV_A3", "σ MAE meV/Å³"))
 
 
-def metrics_table(datasets: list[LoadedDataset], metrics: dict, split: str = "val") -> str:
-    """Markdown table: model vs per-element-reference baseline, and force MAE / force std."""
+def graph_baseline(entry: dict, source: GraphSource) -> tuple[dict[str, float], float]:
+    """``baseline_metrics`` and the force standard deviation (eV/Å) of a graph source (a store's
+    validation split, read once, streaming), for the dataset table entry ``entry``."""
+    norm = Normalization.from_dict(entry["normalization"])
+    sums = {"e": 0.0, "ne": 0, "f": 0.0, "f1": 0.0, "f2": 0.0, "nf": 0, "s": 0.0, "ns": 0}
+    for i in range(len(source)):
+        g = source[i]
+        n = len(g[K.ATOMIC_NUMBERS])
+        if g[K.HAS_ENERGY][0]:
+            ref = (norm.element_energy[g[K.ATOMIC_NUMBERS]].sum()
+                   + np.dot(norm.state_energy, state_features(g[K.CHARGE][0], g[K.SPIN][0])))
+            sums["e"] += abs(g[K.ENERGY][0] - ref) / n
+            sums["ne"] += 1
+        if g[K.HAS_FORCES][0]:
+            f = g[K.FORCES].ravel()
+            sums["f"] += np.abs(f).sum()
+            sums["f1"] += f.sum()
+            sums["f2"] += (f**2).sum()
+            sums["nf"] += f.size
+        if g[K.HAS_STRESS][0]:
+            sums["s"] += np.abs(g[K.STRESS]).sum()
+            sums["ns"] += 9
+    out = {}
+    for key, total, count in (("energy_mae_meV_atom", "e", "ne"), ("forces_mae_meV_A", "f", "nf"),
+                              ("stress_mae_meV_A3", "s", "ns")):
+        if sums[count]:
+            out[key] = 1000 * sums[total] / sums[count]
+    fstd = (float(np.sqrt(max(sums["f2"] / sums["nf"] - (sums["f1"] / sums["nf"]) ** 2, 0.0)))
+            if sums["nf"] else float("nan"))
+    return out, fstd
+
+
+def metrics_table(datasets: list[LoadedDataset] | None, metrics: dict, split: str = "val", *,
+                  table: list[dict] | None = None,
+                  sources: list[GraphSource] | None = None) -> str:
+    """Markdown table: model vs per-element-reference baseline, and force MAE / force std.
+
+    From loaded ``datasets``, or (data streamed from a store) from the dataset ``table`` and the
+    split's graph ``sources``."""
     head = "| dataset | level of theory | n | " + " | ".join(
         f"{c} (model / baseline)" for _, c in COLUMNS) + " | F std meV/Å | F MAE / F std |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 5)]
-    for d in datasets:
-        m, b = metrics.get(d.name, {}), baseline_metrics(d, split)
+    if datasets is not None:
+        rows = [(d.name, d.config.level_of_theory, len(d.split(split)),
+                 baseline_metrics(d, split), force_std(d, split)) for d in datasets]
+    elif table is not None and sources is not None:
+        rows = [(e["name"], e["level_of_theory"], len(src), *graph_baseline(e, src))
+                for e, src in zip(table, sources, strict=True)]
+    else:
+        raise ValueError("metrics_table needs loaded datasets, or a table and graph sources")
+    for name, level, n, b, std in rows:
+        m = metrics.get(name, {})
         cells = []
         for key, _ in COLUMNS:
             cells.append(f"{m[key]:.1f} / {b[key]:.1f}" if key in m and key in b else "–")
-        fstd = 1000 * force_std(d, split)
+        fstd = 1000 * std
         ratio = (f"{m['forces_mae_meV_A'] / fstd:.3f}" if "forces_mae_meV_A" in m and fstd > 0
                  else "–")
-        n = len(d.split(split))
-        lines.append(f"| {d.name} | {d.config.level_of_theory or '?'} | {n} | "
+        lines.append(f"| {name} | {level or '?'} | {n} | "
                      + " | ".join(cells) + f" | {fstd:.0f} | {ratio} |")
     return "\n".join(lines)
 
@@ -99,6 +144,8 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = Non
 
     model, state = load_model(checkpoint)
     cfg = config_from_dict(state["config"])
+    if cfg.data.store:
+        return _evaluate_store(checkpoint, model, state, cfg, out_dir, split, device)
     datasets = load_datasets(cfg.data)
     stored = {d["name"]: d for d in state["datasets"]}
     for d in datasets:
@@ -124,6 +171,33 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = Non
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = parity_plots(acc, out_dir)
     table = metrics_table(datasets, metrics, split)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out_dir / "metrics.md").write_text(table + "\n")
+    return Evaluation(metrics, table, plots, state.get("step"), split)
+
+
+def _evaluate_store(checkpoint, model, state, cfg, out_dir, split: str, device: str):
+    """``evaluate_checkpoint`` for a model trained from a store: the same store, its stored
+    split, streamed."""
+    from atomgfm.data.sources import prepare_data
+    from atomgfm.inference.plots import parity_plots
+
+    data = prepare_data(cfg.data, model.cutoff, progress=False, needs=model.backbone.needs)
+    names = [d["name"] for d in sorted(state["datasets"], key=lambda d: d["id"])]
+    if data.names != names:
+        raise ValueError(f"{checkpoint}: trained on datasets {names}, the store gives "
+                         f"{data.names}")
+    dev = resolve_device(device)
+    precision = cfg.train.precision
+    model = model.to(dev, param_dtype(precision))
+    sets = data.val if split == "val" else data.train
+    acc = evaluate_graphs(model, sets, names, precision=precision, device=dev,
+                          dtype=param_dtype(precision), keep_values=True)
+    metrics = acc.compute()
+    out_dir = Path(out_dir) if out_dir else Path(checkpoint).parent / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = parity_plots(acc, out_dir)
+    table = metrics_table(None, metrics, split, table=data.table, sources=sets)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out_dir / "metrics.md").write_text(table + "\n")
     return Evaluation(metrics, table, plots, state.get("step"), split)

@@ -30,7 +30,6 @@ from tqdm.auto import tqdm
 
 from atomgfm import keys as K
 from atomgfm.config.schema import Config
-from atomgfm.data.graph import collate
 from atomgfm.data.mixing import MixedBatchSampler, mixing_probabilities, oversampling
 from atomgfm.data.sources import (
     LoadedDataset,
@@ -38,6 +37,7 @@ from atomgfm.data.sources import (
     check_charge_spin,
     prepare_data,
 )
+from atomgfm.data.store.loader import BatchLoader
 from atomgfm.inference.evaluate import evaluate_graphs
 from atomgfm.inference.metrics import MetricAccumulator
 from atomgfm.models.build import backbone_settings, build_model
@@ -244,13 +244,19 @@ class Trainer:
         log.info("resumed from %s at step %d", path, self.step)
 
     # ------------------------------------------------------------------ loop
+    def _batches(self) -> BatchLoader:
+        """Batches built by ``data.loader_workers`` workers (or in this process), created at the
+        first step so that the workers start at a resumed sampler's position."""
+        if getattr(self, "_loader", None) is None:
+            self._loader = BatchLoader(self.sampler, self.train_sets, self.dtype, self.device,
+                                       self.cfg.data.loader_workers, self.cfg.data.prefetch)
+        return self._loader
+
     def train_step(self) -> dict:
         tc = self.cfg.train
         self.model.train()
         with self.timer("data"):
-            items = self.sampler.next_batch()
-            graphs = [self.train_sets[d][i] for d, i in items]
-            batch = collate(graphs, self.dtype, self.device)
+            items, batch = self._batches().next()
         with self.timer("forward"), autocast(tc.precision, self.device):
             stress = self.need_stress and bool(batch[K.HAS_STRESS].any())
             out = self.model(batch, forces=True, stress=stress, create_graph=True)

@@ -26,6 +26,7 @@ def run(args) -> int:
     trainer = Trainer.from_config(cfg, resume=not args.restart)
     metrics = trainer.fit()
     print(f"validation at the last step ({trainer.step}), EMA weights:")
-    print(metrics_table(trainer.datasets, metrics))
+    print(metrics_table(trainer.datasets, metrics, table=trainer.table,
+                        sources=trainer.val_sets))
     print(f"checkpoints in {cfg.train.out_dir}: best.pt, last.pt; training curves: curves.png")
     return 0
