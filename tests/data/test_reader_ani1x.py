@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 from ase.build import molecule
-from conftest import HARTREE_EV, displaced
+from corpus_fixtures import HARTREE_EV, displaced
 
 from atomgfm.data.readers import ReaderError, RecordError, iter_structures, read_structures
 from atomgfm.data.readers.stream import reader_for
@@ -114,3 +114,22 @@ def test_missing_key_partial_nan_and_bad_options(tmp_path, ani_file):
     h5py.File(empty, "w").close()
     with pytest.raises(ReaderError, match="empty.h5: empty file, no records"):
         read_structures(empty, format="ani1x")
+
+
+def test_dataset_spec_names_reader_label_keys_and_units(ani_file):
+    from atomgfm.config.schema import config_from_dict
+    from atomgfm.data.sources import load_datasets
+
+    path, _ = ani_file
+
+    def spec(**options):
+        return config_from_dict({"data": {"root": str(path.parent), "datasets": [{
+            "name": "ani1ccx", "path": path.name, "format": "ani1x", "energy_unit": "Hartree",
+            "level_of_theory": "CCSD(T)/CBS", "reader_options": options}]}}).data
+
+    (loaded,) = load_datasets(spec(energy_key="ccsd(t)_cbs.energy"))
+    assert len(loaded.train) + len(loaded.val) == 2
+    assert loaded.skipped == ["skipped 4 of 6 records in " + str(path)
+                              + ": 4 not computed (ccsd(t)_cbs.energy)"]
+    with pytest.raises(ReaderError, match=r"unknown reader option\(s\) \['energy_kye'\]"):
+        load_datasets(spec(energy_kye="ccsd(t)_cbs.energy"))
