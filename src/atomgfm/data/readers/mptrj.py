@@ -219,6 +219,8 @@ def _pymatgen_structure(at: str, d) -> tuple:
                 positions.append(np.asarray(site["xyz"], dtype=np.float64))
             else:
                 positions.append(np.asarray(site["abc"], dtype=np.float64) @ cell)
+        except RecordError:
+            raise
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise RecordError(f"{at}: site {i} is not a pymatgen site ({exc!r})") from None
         if positions[-1].shape != (3,):
