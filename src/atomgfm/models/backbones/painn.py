@@ -114,11 +114,17 @@ class PaiNN(Backbone):
         vec = edge_vectors(batch)  # (E, 3)
         r = torch.linalg.vector_norm(vec, dim=-1)  # (E,)
         unit = vec / r.unsqueeze(-1)
-        filters = self.filters(self.rbf(r)) * self.fcut(r).unsqueeze(-1)  # (E, layers * 3F)
-        filters = torch.split(filters, 3 * self.num_scalar_features, dim=-1)
+        # Filters (W·rbf + b)·f_cut as [rbf·f_cut, f_cut] @ [W, b]ᵀ: the cutoff multiplies the
+        # (E, num_rbf + 1) input instead of the (E, layers·3F) output, and each layer's slice of
+        # the weight is its own product (no split of a wide tensor, whose backward is a copy).
+        fcut = self.fcut(r).unsqueeze(-1)  # (E, 1)
+        basis = torch.cat([self.rbf(r) * fcut, fcut], dim=-1)  # (E, num_rbf + 1)
+        weight = torch.cat([self.filters.weight, self.filters.bias.unsqueeze(-1)], dim=-1)
+        width = 3 * self.num_scalar_features
         s = self.embedding(batch)  # (N, F)
         v = s.new_zeros((s.shape[0], 3, s.shape[1]))  # (N, 3, F)
         for k, (message, update) in enumerate(zip(self.messages, self.updates, strict=True)):
-            s, v = message(s, v, i, j, filters[k], unit, first=k == 0)
+            filt = torch.mm(basis, weight[k * width:(k + 1) * width].t())  # (E, 3F)
+            s, v = message(s, v, i, j, filt, unit, first=k == 0)
             s, v = update(s, v)
         return {K.NODE_SCALARS: s, K.NODE_VECTORS: v}
