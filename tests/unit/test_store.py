@@ -87,7 +87,8 @@ def _ase_db(tmp_path, atoms):
             if "stress" in a.info:
                 results["stress"] = a.info["stress"]
             b.calc = SinglePointCalculator(b, **results)
-            kv = {"total_charge": a.info["charge"], "spin": a.info["spin"]} if "spin" in a.info else {}
+            kv = ({"total_charge": a.info["charge"], "spin": a.info["spin"]}
+                  if "spin" in a.info else {})
             db.write(b, **kv)  # ("charge" is a reserved ASE db key)
     return path, {}
 
@@ -323,3 +324,34 @@ def test_cli_preprocess_and_info(tmp_path, capsys):
     assert main(["data", "verify", str(tmp_path / "st")]) == 0
     assert "all 3 shards match" in capsys.readouterr().out
     assert main(["data", "info", str(tmp_path / "missing")]) == 2
+
+
+@pytest.mark.slow
+def test_sigkilled_preprocess_with_workers_resumes_exactly_once(tmp_path):
+    """A real kill (SIGKILL of the process group, workers included) mid-conversion."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path, _ = _ase_db(tmp_path, labelled(30, 30))
+    code = ("from atomgfm.config.schema import DataConfig, DatasetConfig\n"
+            "from atomgfm.data.store.writer import preprocess\n"
+            f"cfg = DataConfig(datasets=[DatasetConfig(name='set', path=[{str(path)!r}])], "
+            "val_fraction=0.3)\n"
+            f"preprocess(cfg, {CUTOFF}, {str(tmp_path / 'store')!r}, workers=2, shard_size=2, "
+            "progress=False)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    deadline = time.time() + 120
+    while len(list((tmp_path / "store" / "shards").glob("*.json"))) < 3:
+        assert proc.poll() is None and time.time() < deadline, "finished before the kill"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "store" / "manifest.json").exists()
+    preprocess(_cfg([path]), CUTOFF, tmp_path / "store", shard_size=2, progress=False)
+    store = Store.open(tmp_path / "store")
+    expected = [content_hash(s) for s in read_structures(path).structures]
+    assert [bytes(h) for h in store.entries["hash"]] == expected
+    store.verify()

@@ -158,7 +158,7 @@ def describe(store: Store) -> str:
              f"{'stored' if m['edges'] else 'built when read'}, split val_fraction "
              f"{m['spec']['val_fraction']} (seed {m['spec']['split_seed']}) by content hash",
              f"{'id':>3} {'dataset':<14}{'level of theory':<22}{'train':>8}{'val':>7}"
-             f"{'atoms':>10}  labels (train/val: E F σ)  elements"]
+             f"{'atoms':>10}  {'labels (train/val: E F σ)':<29}elements"]
     n_atoms = np.asarray(store.entries["n_atoms"])
     ds = np.asarray(store.entries["dataset"])
     for d in store.datasets:
@@ -167,7 +167,7 @@ def describe(store: Store) -> str:
         elements = "".join(chemical_symbols[z] + " " for z in d["elements_all"]).strip()
         lines.append(f"{d['id']:>3} {d['name']:<14}{d['level_of_theory'][:21]:<22}"
                      f"{d['n_train']:>8}{d['n_val']:>7}{int(n_atoms[ds == d['id']].sum()):>10}"
-                     f"  {labels:<26}{elements}")
+                     f"  {labels:<28} {elements}")
         if d["skipped"]:
             lines.append(f"    skipped: {'; '.join(d['skipped'])}")
     return "\n".join(lines)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import multiprocessing
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -147,16 +148,23 @@ def preprocess(cfg: DataConfig, cutoff: float, out: str | Path, *, workers: int 
     spec_path = out / "spec.json"
     if spec_path.exists():
         old = json.loads(spec_path.read_text())
-        if old != json.loads(json.dumps(spec)):
-            raise StoreError(f"{out}: holds a conversion of a different spec (spec.json); "
-                             "choose a new --out, or delete the folder to start over")
+        new = json.loads(json.dumps(spec))
+        if old != new:
+            differ = sorted({k for k in {**old, **new} if old.get(k) != new.get(k)} - {"data"}
+                            | {f"data.{k}" for k in {**old["data"], **new["data"]}
+                               if old["data"].get(k) != new["data"].get(k)})
+            raise StoreError(f"{out}: holds a conversion of a different spec (spec.json differs "
+                             f"in {', '.join(differ)}); choose a new --out, or delete the folder "
+                             "to start over")
     else:
         write_json(spec_path, spec)
     (out / "manifest.json").unlink(missing_ok=True)  # rewritten when every shard is verified
     done = _completed(shards_dir)
     if done:
         log.info("%s: resuming, %d shards already complete", out, len(done))
-    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    # spawn: workers must not inherit the parent's threads (torch, OpenMP) or open files
+    pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            if workers > 1 else None)
     pending: set[Future] = set()
     new = 0
     bar = tqdm(desc="preprocess", unit=" structures", disable=not progress)
@@ -180,7 +188,8 @@ def preprocess(cfg: DataConfig, cutoff: float, out: str | Path, *, workers: int 
             for source in dataset_paths(cfg, dc):
                 stream = iter_structures(source, dataset=dc.name, format=dc.format,
                                          energy_unit=dc.energy_unit,
-                                         length_unit=dc.length_unit, on_error=cfg.on_error)
+                                         length_unit=dc.length_unit, on_error=cfg.on_error,
+                                         reader_options=dc.reader_options)
                 with stream:
                     for chunk in _chunks(stream, shard_size):
                         name = f"d{ds_id:03d}-{k:06d}"
