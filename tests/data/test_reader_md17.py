@@ -70,8 +70,10 @@ def test_malformed_files_named(tmp_path, ethanol):
     confs, e, F = ethanol
     path = tmp_path / "x.npz"
     np.savez(path, z=confs[0].numbers, R=np.stack([a.positions for a in confs]))
+    with pytest.raises(ReaderError, match=r"x.npz: unsupported file \(suffix '.npz'\)"):
+        read_structures(path)  # by suffix, md17 takes only .npz files with its keys
     with pytest.raises(ReaderError, match=r"x.npz: neither an MD17 .* it has \['R', 'z'\]"):
-        read_structures(path)
+        read_structures(path, format="md17")
     write_rmd17(path, confs, e, F[:, :-1])
     with pytest.raises(ReaderError, match=r"forces has shape \(4, 8, 3\), expected \(4, 9, 3\)"):
         read_structures(path)
@@ -82,4 +84,4 @@ def test_malformed_files_named(tmp_path, ethanol):
         read_structures(path)
     path.write_bytes(b"not a zip")
     with pytest.raises(ReaderError, match="x.npz: not a readable .npz file"):
-        read_structures(path)
+        read_structures(path, format="md17")

@@ -26,6 +26,10 @@ from atomgfm.data.readers import (
 )
 from atomgfm.registry import names
 
+# The specific readers, by name, as dispatch lists them (the public corpora's included).
+CORPORA = ("ani1x (.h5, .hdf5); ase_db (.db, .json); aselmdb (.aselmdb); md17 (.npz); "
+           "mptrj (.json); spice (.hdf5, .h5); transition1x (.h5, .hdf5); ")
+
 
 def emt_labels(atoms: Atoms) -> dict:
     atoms.calc = EMT()
@@ -106,8 +110,8 @@ def test_unsupported_suffix_lists_the_supported_ones(tmp_path):
         read_structures(path)
     msg = str(info.value)
     assert "\n" not in msg
-    assert msg == (f"{path}: unsupported file (suffix '.parquet'); supported: ase_db (.db, .json); "
-                   "aselmdb (.aselmdb); ase (.extxyz, .xyz, .traj, .cif, .vasp, .pdb, .xsf, .sdf, "
+    assert msg == (f"{path}: unsupported file (suffix '.parquet'); supported: {CORPORA}"
+                   "ase (.extxyz, .xyz, .traj, .cif, .vasp, .pdb, .xsf, .sdf, "
                    f"+{len(registry.get('reader', 'ase').suffixes) - 8} more); or pass format=")
     with pytest.raises(ReaderError, match=r"unsupported file \(suffix 'none'\)"):
         reader_for(tmp_path / "README")
@@ -116,8 +120,11 @@ def test_unsupported_suffix_lists_the_supported_ones(tmp_path):
 def test_unknown_format_lists_the_formats(tmp_path):
     path = tmp_path / "x.xyz"
     ase.io.write(path, frames(), format="extxyz")
-    with pytest.raises(ReaderError, match=rf"^{path}: unknown format 'parquet'; formats: ase_db "
-                                          r"\(db, json\); aselmdb \(aselmdb\); ase \(cif, "
+    with pytest.raises(ReaderError, match=rf"^{path}: unknown format 'parquet'; formats: ani1x "
+                                          r"\(ani1x\); ase_db \(db, json\); aselmdb \(aselmdb\); "
+                                          r"md17 \(md17, rmd17\); mptrj \(mptrj\); spice "
+                                          r"\(spice\); transition1x \(transition1x, t1x\); "
+                                          r"ase \(cif, "
                                           r"extxyz, sdf, traj, vasp, xsf, xyz, .*more\)$"):
         read_structures(path, format="parquet")
 
@@ -182,8 +189,8 @@ def test_folder_without_data(tmp_path):
     with pytest.raises(ReaderError) as info:
         read_structures(tmp_path)
     assert str(info.value) == (
-        f"{tmp_path}: a folder with no file a reader takes; supported: ase_db (.db, .json); "
-        "aselmdb (.aselmdb); ase (.extxyz, .xyz, .traj, .cif, .vasp, .pdb, .xsf, .sdf)")
+        f"{tmp_path}: a folder with no file a reader takes; supported: {CORPORA}"
+        "ase (.extxyz, .xyz, .traj, .cif, .vasp, .pdb, .xsf, .sdf)")
 
 
 def test_reading_writes_nothing_beside_the_data(tmp_path):

@@ -34,7 +34,22 @@ LAYOUTS = {  # name -> (numbers, positions, energies, forces)
 }
 
 
-@reader("md17", formats=("md17", "rmd17"), suffixes=(".npz",), options=("split_file",))
+def _layout(keys) -> str | None:
+    return next((name for name, ks in LAYOUTS.items() if set(ks) <= set(keys)), None)
+
+
+def is_md17_file(path: str) -> bool:
+    """An ``.npz`` with the MD17 or rMD17 keys (reads the archive's index, not its arrays), so a
+    folder's ``metadata.npz`` (OMat24) is left alone."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return _layout(npz.files) is not None
+    except Exception:  # any unreadable file is simply not ours
+        return False
+
+
+@reader("md17", formats=("md17", "rmd17"), suffixes=(".npz",), check=is_md17_file,
+        options=("split_file",))
 def md17_records(path: str, options: ReadOptions, format: str | None = None) -> Records:
     """Records of one MD17 / rMD17 file (all frames, or those of ``split_file``)."""
     path = str(path)
@@ -51,15 +66,14 @@ def _load(path: str):
     try:
         with np.load(path, allow_pickle=False) as npz:
             keys = set(npz.files)
-            layout = next((name for name, ks in LAYOUTS.items() if set(ks) <= keys), None)
-            if layout is None:
-                raise ReaderError(
-                    f"{path}: neither an MD17 (z, R, E, F) nor an rMD17 (nuclear_charges, "
-                    f"coords, energies, forces) file; it has {sorted(keys)}")
-            arrays = [npz[k] for k in LAYOUTS[layout]]
+            layout = _layout(keys)
+            arrays = None if layout is None else [npz[k] for k in LAYOUTS[layout]]
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise ReaderError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})"
                           ) from None
+    if layout is None:
+        raise ReaderError(f"{path}: neither an MD17 (z, R, E, F) nor an rMD17 (nuclear_charges, "
+                          f"coords, energies, forces) file; it has {sorted(keys)}")
     z, r, e, f = arrays
     names = LAYOUTS[layout]
     if z.ndim != 1 or r.ndim != 3 or r.shape[1:] != (len(z), 3):
