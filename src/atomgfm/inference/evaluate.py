@@ -135,9 +135,12 @@ def metrics_table(datasets: list[LoadedDataset] | None, metrics: dict, split: st
 
 
 def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = None,
-                        split: str = "val", device: str = "auto") -> Evaluation:
+                        split: str = "val", device: str = "auto", calibration: bool = False,
+                        ensemble: list[str] | tuple[str, ...] = ()) -> Evaluation:
     """Re-read the checkpoint's datasets (same deterministic split), evaluate, write the
-    metrics (JSON, markdown) and parity plots to ``out_dir``."""
+    metrics (JSON, markdown) and parity plots to ``out_dir``. With ``calibration``, also how
+    well the head spread (and the spread across the ``ensemble`` checkpoints) predicts the
+    error, per dataset (:mod:`atomgfm.inference.calibration`)."""
     from atomgfm.config.schema import config_from_dict
     from atomgfm.inference.plots import parity_plots
     from atomgfm.models.checkpoint import load_model
@@ -145,6 +148,9 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = Non
     model, state = load_model(checkpoint)
     cfg = config_from_dict(state["config"])
     if cfg.data.store:
+        if calibration:
+            raise ValueError("evaluate --calibration reads datasets from their files; "
+                             f"{checkpoint} was trained from a store (not supported yet)")
         return _evaluate_store(checkpoint, model, state, cfg, out_dir, split, device)
     datasets = load_datasets(cfg.data)
     stored = {d["name"]: d for d in state["datasets"]}
@@ -173,7 +179,16 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = Non
     table = metrics_table(datasets, metrics, split)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out_dir / "metrics.md").write_text(table + "\n")
-    return Evaluation(metrics, table, plots, state.get("step"), split)
+    ev = Evaluation(metrics, table, plots, state.get("step"), split)
+    if calibration:
+        from atomgfm.inference.calibration import calibrate, write_calibration
+        from atomgfm.inference.spread import SpreadPredictor
+
+        sp = SpreadPredictor.from_checkpoints([checkpoint, *ensemble], device, precision)
+        cals = calibrate(sp, {d.name: d.split(split) for d in datasets})
+        ev.calibration, path = write_calibration(cals, out_dir)
+        ev.plots = [*ev.plots, path]
+    return ev
 
 
 def _evaluate_store(checkpoint, model, state, cfg, out_dir, split: str, device: str):
@@ -213,3 +228,4 @@ class Evaluation:
     plots: list[Path]
     step: int | None
     split: str
+    calibration: str | None = None  # the calibration table (markdown), when asked for
