@@ -1,0 +1,2 @@
+"""The model as an interatomic potential: molecular dynamics (``md``), relaxations (``relax``) and
+what they watch each step (``monitors``: stop rules, logs, drift)."""
