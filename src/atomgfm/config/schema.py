@@ -76,6 +76,8 @@ class TrainConfig:
     grad_clip: float = 10.0
     ema_decay: float | None = 0.99
     precision: str = "fp32"  # fp64 | fp32 | bf16
+    tf32: bool = False  # fp32 matrix products in TF32 on CUDA (Ampere and newer); no effect on CPU
+    grad_sync: str = "ddp"  # ddp | flat: how gradients are averaged over data-parallel ranks
     eval_every: int = 200
     log_every: int = 20
     seed: int = 0
@@ -159,6 +161,8 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         raise ConfigError(f"config.data.datasets: dataset names must be unique, got {names}")
     if cfg.train.precision not in ("fp64", "fp32", "bf16"):
         raise ConfigError(f"config.train.precision: {cfg.train.precision!r} is not fp64|fp32|bf16")
+    if cfg.train.grad_sync not in ("ddp", "flat"):
+        raise ConfigError(f"config.train.grad_sync: {cfg.train.grad_sync!r} is not ddp|flat")
     if cfg.data.on_error not in ("raise", "skip"):
         raise ConfigError(f"config.data.on_error: {cfg.data.on_error!r} is not raise|skip")
     if not 0.0 < cfg.data.val_fraction < 1.0:

@@ -43,11 +43,12 @@ from atomgfm.inference.metrics import MetricAccumulator
 from atomgfm.models.build import backbone_settings, build_model
 from atomgfm.models.checkpoint import read_checkpoint, save_checkpoint
 from atomgfm.models.derivatives import ForceField
-from atomgfm.precision import autocast, param_dtype, resolve_device
+from atomgfm.precision import autocast, matmul_tf32, param_dtype, resolve_device
 from atomgfm.registry import get
 from atomgfm.telemetry.curves import plot_curves
+from atomgfm.telemetry.recorder import Telemetry
 from atomgfm.telemetry.timers import PhaseTimer
-from atomgfm.train.distributed import all_reduce_sum
+from atomgfm.train.distributed import all_reduce_sum, average_gradients, data_parallel
 from atomgfm.train.losses import multitask_loss
 from atomgfm.train.optim import build_optimizer
 
@@ -120,6 +121,9 @@ class Trainer:
         self.timer = PhaseTimer(self.device)
         if resume and self._agree_on_resume():
             self._resume(self.out_dir / "last.pt")
+        # DDP (bucketed all-reduce during the backward) or one flat all-reduce after it.
+        self.ddp = (data_parallel(self.model, self.device)
+                    if world_size > 1 and tc.grad_sync == "ddp" else None)
 
     def _agree_on_resume(self) -> bool:
         """Whether ``last.pt`` exists, decided alike on every rank (or an error)."""
@@ -257,16 +261,17 @@ class Trainer:
         self.model.train()
         with self.timer("data"):
             items, batch = self._batches().next()
-        with self.timer("forward"), autocast(tc.precision, self.device):
+        with (self.timer("forward"), autocast(tc.precision, self.device),
+              matmul_tf32(tc.tf32, self.device)):
             stress = self.need_stress and bool(batch[K.HAS_STRESS].any())
-            out = self.model(batch, forces=True, stress=stress, create_graph=True)
+            out = (self.ddp or self.model)(batch, forces=True, stress=stress, create_graph=True)
             loss, parts = multitask_loss(out, batch, self.scales, self.weights)
-        with self.timer("backward"):
+        with self.timer("backward"), matmul_tf32(tc.tf32, self.device):
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-        if self.world_size > 1:
+        if self.world_size > 1 and self.ddp is None:
             with self.timer("allreduce"):
-                self._average_gradients()
+                average_gradients(self.model, self.world_size, self.reduce)
         with self.timer("optimizer"):
             gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
             # One decision for all ranks: a step is skipped everywhere if any rank saw NaN/inf.
@@ -285,18 +290,6 @@ class Trainer:
         return {"loss": float(loss.detach()), **parts, "grad_norm": float(gnorm),
                 "lr": self.scheduler.get_last_lr()[0], "atoms": int(batch[K.N_ATOMS].sum()),
                 "structures": len(items), "skipped_steps": self.skipped_steps}
-
-    def _average_gradients(self) -> None:
-        """Mean of every rank's gradients, as one flat tensor through the reduce function (the
-        plain form of what DDP does; a parameter without a gradient contributes zeros)."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                          for p in params])
-        flat = self.reduce(flat) / self.world_size
-        offset = 0
-        for p in params:
-            p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
-            offset += p.numel()
 
     def evaluate(self, keep_values: bool = False) -> MetricAccumulator:
         """Validation errors per dataset (EMA weights when EMA is on), summed over ranks."""
@@ -321,6 +314,8 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict()))
         logfile = self._open_log() if main else None
+        telemetry = Telemetry(self.out_dir / "telemetry.jsonl" if main else None, self.rank,
+                              self.world_size, self.device, self.reduce, resume_step=self.step)
         _write(logfile, {"kind": "data", "step": self.step, "datasets": self.data_summary})
         metrics: dict = {}
         bar = tqdm(total=tc.max_steps, initial=self.step, desc="train",
@@ -336,6 +331,10 @@ class Trainer:
                 rec.update(step=self.step, lr=window[-1]["lr"],
                            atoms_per_s=rec["atoms"] / dt, structures_per_s=rec["structures"] / dt,
                            step_s=dt / len(window), phases_s=self.timer.summary(reset=True))
+                # Every rank's phases, throughput and memory (collective; rank 0 writes).
+                telemetry.record(self.step, steps=len(window), seconds=dt,
+                                 structures=rec["structures"], atoms=rec["atoms"],
+                                 phases_s=rec["phases_s"], loss=rec["loss"])
                 t0, window = time.perf_counter(), []
                 _write(logfile, {"kind": "train", **rec})
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.1e}")
@@ -356,6 +355,7 @@ class Trainer:
                     save_checkpoint(self.out_dir / "last.pt", state)
                 t0 = time.perf_counter()  # evaluation time is not training throughput
         bar.close()
+        telemetry.close()
         if logfile is not None:
             logfile.close()
         if not metrics:  # nothing left to train (resumed at max_steps): report, do not retrain

@@ -1,4 +1,10 @@
-"""``atomgfm train CONFIG.yaml``: train a multi-task model (resumes from out_dir/last.pt)."""
+"""``atomgfm train CONFIG.yaml``: train a multi-task model (resumes from out_dir/last.pt).
+
+Under ``torchrun`` (its RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT in the environment) every
+worker joins the process group (NCCL on GPU, gloo on CPU) and trains its share; no flag needed:
+
+    torchrun --standalone --nproc-per-node 4 -m atomgfm.cli.main train configs/demo.yaml
+"""
 
 from __future__ import annotations
 
@@ -18,13 +24,34 @@ def run(args) -> int:
     from atomgfm.inference.evaluate import metrics_table
     from atomgfm.train.loop import Trainer
 
+    from atomgfm.train.distributed import init_distributed, launch_env, shutdown
+
     cfg = load_config(args.config)
     if args.out_dir:
         cfg.train.out_dir = args.out_dir
     if args.max_steps:
         cfg.train.max_steps = args.max_steps
-    trainer = Trainer.from_config(cfg, resume=not args.restart)
-    metrics = trainer.fit()
+    env = launch_env()  # None unless started by torchrun
+    if env is None:
+        trainer = Trainer.from_config(cfg, resume=not args.restart)
+        metrics = trainer.fit()
+    else:
+        import logging
+
+        cfg.train.device = str(init_distributed(env, cfg.train.device))
+        if env.rank != 0:  # rank 0 alone prints; the others still show warnings and errors
+            logging.getLogger("atomgfm").setLevel(logging.WARNING)
+            cfg.train.progress = False
+        try:
+            trainer = Trainer.from_config(cfg, resume=not args.restart, rank=env.rank,
+                                          world_size=env.world_size)
+            metrics = trainer.fit()
+        finally:
+            shutdown()
+        if env.rank != 0:
+            return 0
+        print(f"{env.world_size} ranks ({cfg.train.device} on rank 0), "
+              f"grad_sync {cfg.train.grad_sync}")
     print(f"validation at the last step ({trainer.step}), EMA weights:")
     print(metrics_table(trainer.datasets, metrics, table=trainer.table,
                         sources=trainer.val_sets))
