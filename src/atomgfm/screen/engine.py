@@ -91,7 +91,11 @@ def naive(ff, batch: dict[str, torch.Tensor], weights: torch.Tensor, heads: list
     energy, f = 0.0, 0.0
     ones = torch.ones((batch[K.N_ATOMS].shape[0], 1), dtype=torch.float64, device=w.device)
     for k, name in enumerate(heads):
-        out = ff(batch, forces=forces, heads=[name], weights=ones)
+        if forces:
+            out = ff(batch, forces=True, heads=[name], weights=ones)
+        else:
+            with torch.no_grad():
+                out = ff.model(batch, heads=[name], weights=ones)
         energy = energy + w[:, k] * out[K.ENERGY].detach()
         if forces:
             wa = torch.index_select(w[:, k], 0, batch[K.BATCH]).unsqueeze(-1)
