@@ -92,7 +92,7 @@ def _members(top, formula: str, h5py):
     """(reaction name, link object) of one formula group (SoftLink, HardLink, ...)."""
     links = top[formula]
     if not isinstance(links, h5py.Group):
-        raise ReaderError(f"/{top.name}/{formula} is not a group")
+        raise ReaderError(f"{top.file.filename}: {top.name}/{formula} is not a group")
     return [(rxn, links.get(rxn, getlink=True)) for rxn in links]
 
 
