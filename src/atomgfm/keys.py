@@ -33,6 +33,10 @@ STRESS = "stress"  # (n_structs, 3, 3) float | (1/V) dE/dε, ASE sign convention
 HAS_ENERGY = "has_energy"  # (n_structs,) bool | energy label present | -
 HAS_FORCES = "has_forces"  # (n_structs,) bool | forces label present | -
 HAS_STRESS = "has_stress"  # (n_structs,) bool | stress label present | -
+# (n_structs,) float | structure-level property label: a scalar (regression) or 0/1 (binary
+# classification); present only in graphs of fine-tuning runs with property tasks | property's unit
+PROPERTY = "property"
+HAS_PROPERTY = "has_property"  # (n_structs,) bool | property label present | -
 
 # --- model outputs that are not labels ----------------------------------------------------
 ATOM_ENERGY = "atom_energy"  # (n_atoms,) float | per-atom energy incl. element reference | eV
@@ -50,6 +54,11 @@ HEAD_ENERGY = "head_energy"
 HEAD_FORCES = "head_forces"
 # (n_structs, n_heads) float64 | weight of each head in ENERGY (one-hot: each structure's own) | -
 HEAD_WEIGHTS = "head_weights"
+# (n_structs,) float64 | each structure's own property head: the value (regression) or the logit
+# of class 1 (binary classification); 0 where its dataset's head is an energy head | property's unit
+PROPERTY_OUTPUT = "property_output"
+# (n_structs,) int64 | what PROPERTY_OUTPUT is: 0 none (energy head), 1 regression, 2 classification
+PROPERTY_TASK = "property_task"
 
 PER_ATOM = frozenset({POSITIONS, ATOMIC_NUMBERS, BATCH, FORCES})
 PER_EDGE = frozenset({CELL_SHIFTS})
@@ -59,7 +68,8 @@ PER_TRIPLET: frozenset[str] = frozenset()
 # (atoms: ATOMIC_NUMBERS; edges: EDGE_INDEX; triplets: TRIPLET_INDEX).
 INDEX_FIELDS = {EDGE_INDEX: ATOMIC_NUMBERS, TRIPLET_INDEX: EDGE_INDEX}
 PER_STRUCTURE = frozenset(
-    {CELL, PBC, CHARGE, SPIN, N_ATOMS, DATASET, ENERGY, STRESS, HAS_ENERGY, HAS_FORCES, HAS_STRESS}
+    {CELL, PBC, CHARGE, SPIN, N_ATOMS, DATASET, ENERGY, STRESS, HAS_ENERGY, HAS_FORCES, HAS_STRESS,
+     PROPERTY, HAS_PROPERTY}
 )
 LABELS = (ENERGY, FORCES, STRESS)
 LABEL_MASK = {ENERGY: HAS_ENERGY, FORCES: HAS_FORCES, STRESS: HAS_STRESS}

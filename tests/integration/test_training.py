@@ -277,7 +277,7 @@ def test_steps_and_metrics_go_through_the_reduce_function(tmp_path, datasets):
         assert torch.equal(v, before[k]), f"{k} changed on a step another rank skipped"
     plain = Trainer.from_config(_cfg(tmp_path / "plain", 4), datasets).evaluate().compute()
     reduced = trainer.evaluate().compute()
-    assert calls[-1] == (2 * 3, 2)  # (datasets x quantities, [sum, count])
+    assert calls[-1] == (2 * 6, 2)  # (datasets x quantities incl. property ones, [sum, count])
     assert reduced.keys() == plain.keys()
     for name in plain:
         assert reduced[name] == pytest.approx(plain[name], rel=1e-12)

@@ -32,6 +32,13 @@ class DatasetConfig:
     energy_weight: float = 10.0
     forces_weight: float = 10.0
     stress_weight: float = 1.0
+    # What this dataset's head learns: "energy" (energy/forces/stress labels) or a structure-level
+    # property read from each record's extxyz info key ``property_key``: "regression" (a scalar,
+    # pooled by ``property_reduce`` mean|sum) or "classification" (binary, labels 0/1).
+    # Property tasks are trained by fine-tuning (docs/finetune.md); energy_weight weighs them.
+    task: str = "energy"
+    property_key: str | None = None
+    property_reduce: str = "mean"
 
 
 @dataclass
@@ -86,10 +93,23 @@ class TrainConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """``atomgfm finetune``: start from a pretrained checkpoint (docs/finetune.md)."""
+
+    checkpoint: str | None = None  # relative paths are resolved against the config's folder
+    regime: str = "full"  # scratch | frozen | full
+    backbone_lr_multiplier: float = 1.0  # full: backbone lr = train.lr × this
+    backbone_warmup_steps: int = 0  # full: backbone lr ramps 0 → its value over these steps
+    replay: float = 0.0  # share of draws from the pretraining datasets (their heads keep training)
+    head_init: str | dict[str, str] = "auto"  # auto | <head name> | none, or {dataset: choice}
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -167,6 +187,28 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         raise ConfigError(f"config.data.on_error: {cfg.data.on_error!r} is not raise|skip")
     if not 0.0 < cfg.data.val_fraction < 1.0:
         raise ConfigError("config.data.val_fraction must be in (0, 1)")
+    if cfg.data.loader_workers < 0 or cfg.data.prefetch < 1:
+        raise ConfigError("config.data.loader_workers must be >= 0 and config.data.prefetch >= 1")
+    for i, d in enumerate(cfg.data.datasets):
+        where = f"config.data.datasets[{i}] ({d.name})"
+        if d.task not in ("energy", "regression", "classification"):
+            raise ConfigError(f"{where}.task: {d.task!r} is not energy|regression|classification")
+        if d.task != "energy" and not d.property_key:
+            raise ConfigError(f"{where}: task {d.task!r} needs property_key (the info key)")
+        if d.property_reduce not in ("mean", "sum"):
+            raise ConfigError(f"{where}.property_reduce: {d.property_reduce!r} is not mean|sum")
+    ft = cfg.finetune
+    if ft.regime not in ("scratch", "frozen", "full"):
+        raise ConfigError(f"config.finetune.regime: {ft.regime!r} is not scratch|frozen|full")
+    if not 0.0 <= ft.replay < 1.0:
+        raise ConfigError(f"config.finetune.replay: {ft.replay} is not in [0, 1)")
+    if not ft.backbone_lr_multiplier > 0:
+        raise ConfigError("config.finetune.backbone_lr_multiplier must be positive")
+    if ft.backbone_warmup_steps < 0:
+        raise ConfigError("config.finetune.backbone_warmup_steps must be >= 0")
+    if not isinstance(ft.head_init, str | dict):
+        raise ConfigError(f"config.finetune.head_init: expected a string or a mapping, got "
+                          f"{ft.head_init!r}")
     if cfg.data.loader_workers < 0 or cfg.data.prefetch < 1:
         raise ConfigError("config.data.loader_workers must be >= 0 and config.data.prefetch >= 1")
     from atomgfm.models.build import backbone_settings

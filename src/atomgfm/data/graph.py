@@ -16,7 +16,7 @@ from atomgfm.data.neighbors import neighbor_list
 from atomgfm.data.structure import MIN_DISTANCE, Structure, StructureError
 
 _INT_KEYS = frozenset({K.ATOMIC_NUMBERS, K.BATCH, K.N_ATOMS, K.DATASET, *K.INDEX_FIELDS})
-_BOOL_KEYS = frozenset({K.PBC, K.HAS_ENERGY, K.HAS_FORCES, K.HAS_STRESS})
+_BOOL_KEYS = frozenset({K.PBC, K.HAS_ENERGY, K.HAS_FORCES, K.HAS_STRESS, K.HAS_PROPERTY})
 
 
 def structure_to_graph(s: Structure, cutoff: float, dataset_id: int = 0,

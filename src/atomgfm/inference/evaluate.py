@@ -152,6 +152,8 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = Non
             raise ValueError("evaluate --calibration reads datasets from their files; "
                              f"{checkpoint} was trained from a store (not supported yet)")
         return _evaluate_store(checkpoint, model, state, cfg, out_dir, split, device)
+    # energy datasets; fine-tuned structure-level property heads are reported by finetune
+    cfg.data.datasets = [d for d in cfg.data.datasets if d.task == "energy"]
     datasets = load_datasets(cfg.data)
     stored = {d["name"]: d for d in state["datasets"]}
     for d in datasets:

@@ -89,6 +89,15 @@ def _build(cfg, settings, entries, names, stats) -> ForceField:
                          "beside them, e.g. when fine-tuning)")
     model = ForceField(MultiTaskModel(backbone, names, cfg.get("head_hidden"), head_cls))
     for d in entries:
+        spec = d.get("head")
+        if spec is not None:  # a structure-level property head (fine-tuning), see heads.py
+            spec = dict(spec)
+            cls = get("head", spec.pop("type"))
+            offset, scale = spec.pop("offset", 0.0), spec.pop("scale", 1.0)
+            head = cls(backbone.num_scalar_features, **spec)
+            head.set_normalization(offset, scale)
+            model.heads[d["name"]] = head
+            continue
         norm = d.get("normalization")
         if norm is not None:
             model.heads[d["name"]].set_normalization(

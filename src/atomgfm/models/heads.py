@@ -34,6 +34,16 @@ class Head(nn.Module):
     out_dim: int = 1
     reduce: str = "sum"
 
+    def _apply(self, fn, recurse=True):
+        # A head's buffers (references, offsets, scales) are float64: Module.to(dtype) would
+        # cast the references to float32 and lose meV on totals of 1e4 eV. They follow the
+        # device but stay float64.
+        keep = dict(self._buffers)
+        super()._apply(fn, recurse)
+        for name, old in keep.items():
+            self._buffers[name] = old.to(device=self._buffers[name].device, dtype=torch.float64)
+        return self
+
     def atom_outputs(self, s: torch.Tensor, numbers: torch.Tensor,
                      gate: torch.Tensor) -> torch.Tensor:
         """(n, F), (n,), (n,) -> (n, out_dim) float64 per-atom contributions."""
@@ -75,15 +85,6 @@ class EnergyHead(Head):
         self.register_buffer("scale", torch.ones((), dtype=torch.float64))
         # e₊, e₋, e_u: energy per unit of positive charge, negative charge, unpaired electron
         self.register_buffer("state_energy", torch.zeros(3, dtype=torch.float64))
-
-    def _apply(self, fn, recurse=True):
-        # Module.to(dtype) would cast the references to float32 and lose meV on totals of
-        # 1e4 eV: they follow the device but stay float64.
-        keep = dict(self._buffers)
-        super()._apply(fn, recurse)
-        for name, old in keep.items():
-            self._buffers[name] = old.to(device=self._buffers[name].device, dtype=torch.float64)
-        return self
 
     def set_normalization(self, element_energy, scale: float, state_energy=None) -> None:
         """Store references (eV per atom of each element, index = Z), the scale (eV) and the
@@ -139,31 +140,58 @@ class EnergyHead(Head):
 
 @register("head", "property")
 class PropertyHead(Head):
-    """A structure-level property from the backbone's scalar features.
+    """A structure-level property from the backbone's scalar features:
+    y = offset + scale · pool_i MLP(s_i), pooled by ``reduce`` over each structure's atoms.
 
-    Regression: ``out_dim=1``, ``reduce="mean"`` (intensive, e.g. a band gap in eV) or ``"sum"``
-    (extensive). Classification: ``out_dim`` = number of classes, ``reduce="mean"``, outputs are
-    logits. Per-atom MLP outputs are pooled over each structure's atoms.
+    Regression (``task="regression"``): ``out_dim=1``, ``reduce="mean"`` (intensive, e.g. a
+    HOMO-LUMO gap in eV) or ``"sum"`` (extensive); ``offset`` and ``scale`` are the training
+    split's mean and standard deviation, so the MLP learns a standardised target. Binary
+    classification (``task="classification"``): one output, the logit of class 1 (loss: binary
+    cross-entropy); ``offset`` starts at the training split's log-odds.
 
     Args:
         num_features: width of the backbone's scalar features.
         hidden: hidden width of the MLP (default num_features // 2).
         out_dim: outputs per structure.
         reduce: "sum" or "mean" over atoms.
+        task: "regression" or "classification" (binary: ``out_dim`` 1).
     """
 
+    TASKS = ("regression", "classification")
+
     def __init__(self, num_features: int, hidden: int | None = None, out_dim: int = 1,
-                 reduce: str = "mean") -> None:
+                 reduce: str = "mean", task: str = "regression") -> None:
         super().__init__()
         if reduce not in ("sum", "mean"):
             raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
         if out_dim < 1:
             raise ValueError(f"out_dim must be >= 1, got {out_dim}")
+        if task not in self.TASKS:
+            raise ValueError(f"task must be one of {self.TASKS}, got {task!r}")
+        if task == "classification" and out_dim != 1:
+            raise ValueError("classification heads are binary: one logit (out_dim=1)")
         hidden = hidden or max(num_features // 2, 1)
-        self.out_dim, self.reduce = int(out_dim), reduce
+        self.out_dim, self.reduce, self.task, self.hidden = int(out_dim), reduce, task, hidden
         self.mlp = nn.Sequential(nn.Linear(num_features, hidden), nn.SiLU(),
                                  nn.Linear(hidden, out_dim))
+        self.register_buffer("offset", torch.zeros(out_dim, dtype=torch.float64))
+        self.register_buffer("scale", torch.ones((), dtype=torch.float64))
+
+    def set_normalization(self, offset: float, scale: float) -> None:
+        """Store the output offset and scale (the property's unit)."""
+        if not scale > 0:
+            raise ValueError(f"scale must be positive, got {scale}")
+        self.offset.fill_(float(offset))
+        self.scale.fill_(float(scale))
+
+    def spec(self) -> dict:
+        """What rebuilds this head (stored in the dataset's registry entry as ``head``)."""
+        return {"type": "property", "task": self.task, "reduce": self.reduce,
+                "out_dim": self.out_dim, "hidden": self.hidden}
+
+    def structure_outputs(self, charge: torch.Tensor, spin: torch.Tensor) -> torch.Tensor:
+        return self.offset.expand(charge.shape[0], self.out_dim)
 
     def atom_outputs(self, s: torch.Tensor, numbers: torch.Tensor,
                      gate: torch.Tensor) -> torch.Tensor:
-        return self.mlp(s).to(torch.float64)
+        return self.scale * self.mlp(s).to(torch.float64)

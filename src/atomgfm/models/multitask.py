@@ -146,6 +146,23 @@ class MultiTaskModel(nn.Module):
         """
         names = self.head_names(heads)
         features = self.encode(batch)
+        props = [n for n in names if self.heads[n].kind != "energy"]
+        extra = {}
+        if props:  # structure-level property heads (fine-tuning): each structure's own head
+            if heads is not None or weights is not None:
+                raise ValueError(f"{props} are property heads: read them with model.property "
+                                 "or through each structure's own head (heads=None)")
+            own = self.own_head_weights(batch)
+            keep = [k for k, n in enumerate(names) if n not in props]
+            extra = self._own_properties(features, batch, props, own)
+            names, weights = [names[k] for k in keep], own[:, keep]
+            if not names:  # no energy head: a zero energy that still depends on the positions
+                zero = (features[K.NODE_SCALARS].sum(-1) * 0).to(torch.float64)
+                n_structs = batch[K.N_ATOMS].shape[0]
+                return {K.ENERGY: scatter_sum(zero, batch[K.BATCH], n_structs),
+                        K.ATOM_ENERGY: zero,
+                        K.REFERENCE_ENERGY: torch.zeros(n_structs, dtype=torch.float64,
+                                                        device=zero.device), **extra}
         per_atom = self.readout(features, batch, names)  # (n, H)
         if weights is None:
             if heads is not None and names != self.dataset_names:
@@ -164,4 +181,18 @@ class MultiTaskModel(nn.Module):
         if per_head:
             out[K.HEAD_ENERGY] = scatter_sum(per_atom, batch[K.BATCH], n_structs)
             out[K.HEAD_WEIGHTS] = weights
+        out.update(extra)
         return out
+
+    def _own_properties(self, features, batch, props: list[str],
+                        own: torch.Tensor) -> dict[str, torch.Tensor]:
+        """PROPERTY_OUTPUT and PROPERTY_TASK of each structure's own property head (zero and 0
+        for structures of energy heads); ``own`` is the one-hot (n_structs, n_datasets)."""
+        codes = {"regression": 1, "classification": 2}
+        value = torch.zeros(own.shape[0], dtype=torch.float64, device=own.device)
+        task = torch.zeros(own.shape[0], dtype=torch.long, device=own.device)
+        for name in props:
+            w = own[:, self.dataset_names.index(name)]
+            value = value + w * self.property(features, batch, name)[:, 0]
+            task = task + w.long() * codes[getattr(self.heads[name], "task", "regression")]
+        return {K.PROPERTY_OUTPUT: value, K.PROPERTY_TASK: task}

@@ -108,7 +108,7 @@ class Trainer:
                                          edges_per_structure=[g.n_edges for g in self.train_sets],
                                          max_edges=cfg.data.max_edges_per_batch)
         self.data_summary = self._data_summary(sizes)
-        self.optimizer, self.scheduler = build_optimizer(self.model, tc)
+        self.optimizer, self.scheduler = build_optimizer(self.model, tc, cfg.finetune)
         self.scales = torch.tensor([d["normalization"]["scale"] for d in self.table],
                                    dtype=torch.float64, device=self.device)
         self.weights = torch.tensor([[d["weights"]["energy"], d["weights"]["forces"],
@@ -377,7 +377,7 @@ def _window_means(window: list[dict]) -> dict:
     """Mean of each loss part over a log interval; atoms and structures summed."""
     out = {"atoms": sum(r["atoms"] for r in window),
            "structures": sum(r["structures"] for r in window)}
-    for key in ("loss", "energy", "forces", "stress", "grad_norm"):
+    for key in ("loss", "energy", "forces", "stress", "property", "grad_norm"):
         vals = [r[key] for r in window if key in r]
         if vals:
             out[key] = float(np.mean(vals))
@@ -395,4 +395,8 @@ def _score(metrics: dict, table: list[dict]) -> float:
         elif "energy_mae_meV_atom" in m:
             rms = energy_rms if np.isfinite(energy_rms) else 1.0
             vals.append(m["energy_mae_meV_atom"] / 1000 / max(rms, 1e-9))
+        elif "property_rmse" in m:  # fine-tuned property heads (regression, classification)
+            vals.append(m["property_rmse"] / max(norm["scale"], 1e-9))
+        elif "accuracy" in m:
+            vals.append(1.0 - m["accuracy"])
     return float(np.mean(vals)) if vals else float("inf")

@@ -5,6 +5,8 @@ different energy scales (EMT vs DFT) weigh in comparably:
   energy  ((E_pred - E) / N / scale)²                         per structure
   forces  (|F_pred - F|² / 3) / scale²                        per atom
   stress  ((σ_pred - σ) · V / N)² / 9 / scale²   (virial per atom)  per structure
+  property  regression ((y_pred - y) / scale)², classification binary cross-entropy of the
+            logit; weighted by the dataset's energy weight                per structure
 """
 
 from __future__ import annotations
@@ -51,4 +53,15 @@ def multitask_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
         loss_s = (w[:, 2] * has_s * (s_err**2).sum((1, 2))).sum() / (9 * has_s.sum()).clamp(min=1)
         parts["stress"] = loss_s
         loss = loss + loss_s
+
+    if K.PROPERTY_OUTPUT in out and K.HAS_PROPERTY in batch:
+        pred, y = out[K.PROPERTY_OUTPUT], batch[K.PROPERTY].to(torch.float64)
+        has_p = batch[K.HAS_PROPERTY].to(torch.float64)
+        regression = ((pred - y) / scale) ** 2
+        classification = torch.nn.functional.binary_cross_entropy_with_logits(
+            pred, y.clamp(0, 1), reduction="none")
+        term = torch.where(out[K.PROPERTY_TASK] == 2, classification, regression)
+        loss_p = (w[:, 0] * has_p * term).sum() / has_p.sum().clamp(min=1)
+        parts["property"] = loss_p
+        loss = loss + loss_p
     return loss, {k: float(v.detach()) for k, v in parts.items()}

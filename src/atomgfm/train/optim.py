@@ -22,14 +22,44 @@ class WarmupCosine:
         return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig):
-    decay, no_decay = [], []
+class BackboneWarmup(WarmupCosine):
+    """lr factor of the backbone's groups when fine-tuning: the schedule times a linear ramp
+    0→1 over ``ramp`` steps (the new heads adapt before the backbone moves much). Plain
+    numbers only, so the scheduler's state stays checkpoint data."""
+
+    def __init__(self, warmup: int, total: int, floor: float, ramp: int) -> None:
+        super().__init__(warmup, total, floor)
+        self.ramp = max(ramp, 0)
+
+    def __call__(self, step: int) -> float:
+        ramp = min((step + 1) / self.ramp, 1.0) if self.ramp else 1.0
+        return ramp * super().__call__(step)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, finetune=None):
+    """AdamW over the parameters that require gradients (frozen ones are left out) and its
+    warm-up + cosine schedule. With a ``finetune`` section (regime ``full``), the backbone's
+    parameters get their own groups: lr × ``backbone_lr_multiplier``, ramped in over
+    ``backbone_warmup_steps``."""
+    split = (finetune is not None and finetune.regime == "full"
+             and (finetune.backbone_lr_multiplier != 1.0 or finetune.backbone_warmup_steps > 0))
+    groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or "embedding" in name else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, WarmupCosine(cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio))
+        backbone = split and (name.startswith("backbone.") or ".backbone." in f".{name}")
+        no_decay = p.ndim < 2 or "embedding" in name
+        groups.setdefault((backbone, no_decay), []).append(p)
+    param_groups, lambdas = [], []
+    args = (cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
+    for (backbone, no_decay), params in sorted(groups.items()):
+        lr = cfg.lr * (finetune.backbone_lr_multiplier if backbone else 1.0)
+        param_groups.append({"params": params, "lr": lr,
+                             "weight_decay": 0.0 if no_decay else cfg.weight_decay})
+        lambdas.append(BackboneWarmup(*args, finetune.backbone_warmup_steps) if backbone
+                       else WarmupCosine(*args))
+    if not param_groups:
+        raise ValueError("no trainable parameters (every parameter has requires_grad=False)")
+    opt = torch.optim.AdamW(param_groups, lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
     return opt, sched
