@@ -244,3 +244,24 @@ def test_file_source_streams_records_with_ids(ff, tmp_path):
     t = read_results(tmp_path / "out")
     assert t.column("id").to_pylist() == ["in.extxyz:0", "in.extxyz:1", "in.extxyz:2"]
     assert t.column("formula").to_pylist() == ["H2O", "CH4", "H3N"]
+
+
+def test_worker_processes_and_bf16_give_the_same_candidates(ff, tmp_path):
+    g = CandidateGenerator(SPEC)
+    ref = read_results(_run_to(ff, g, tmp_path / "ref", workers=0, precision="fp32"))
+    for name, kw in {"workers": {"workers": 2, "precision": "fp32"},
+                     "bf16": {"workers": 0, "precision": "bf16"}}.items():
+        t = read_results(_run_to(ff, g, tmp_path / name, **kw))
+        assert t.column("id").to_pylist() == ref.column("id").to_pylist()
+        tol = 1e-6 if name == "workers" else 0.05
+        np.testing.assert_allclose(t.column("energy_per_atom").to_numpy(),
+                                   ref.column("energy_per_atom").to_numpy(), rtol=0, atol=tol)
+
+
+def _run_to(ff, g, out, workers, precision):
+    import copy
+
+    settings = ScreenSettings(workers=workers, progress=False, chunk_size=16, device="cpu",
+                              precision=precision)
+    Screener(copy.deepcopy(ff), _table(), None, None, settings, "<test>").run(g, out)
+    return out
