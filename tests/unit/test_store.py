@@ -237,16 +237,16 @@ def test_interrupted_preprocess_resumes_every_record_exactly_once(tmp_path):
         Store.open(out)
     shards = out / "shards"
     done = sorted(p.name for p in shards.glob("*.json"))
-    assert done == ["d000-000000.json", "d000-000001.json"]
+    assert done == ["d000-0000-000000.json", "d000-0000-000001.json"]
     first_digest = json.loads((shards / done[0]).read_text())["digest"]
-    mtime = (shards / "d000-000000.bp" / "data.0").stat().st_mtime_ns
+    mtime = (shards / "d000-0000-000000.bp" / "data.0").stat().st_mtime_ns
     # what a kill leaves behind: a half-written temporary shard, and a shard renamed into place
     # whose side file was never written; neither may count as complete
-    shutil.copytree(shards / "d000-000001.bp", shards / ".tmp-d000-000002.bp-4242")
-    shutil.copytree(shards / "d000-000001.bp", shards / "d000-000003.bp")
+    shutil.copytree(shards / "d000-0000-000001.bp", shards / ".tmp-d000-0000-000002.bp-4242")
+    shutil.copytree(shards / "d000-0000-000001.bp", shards / "d000-0000-000003.bp")
     preprocess(cfg, CUTOFF, out, shard_size=3, progress=False)
     store = Store.open(out)
-    assert (shards / "d000-000000.bp" / "data.0").stat().st_mtime_ns == mtime  # not redone
+    assert (shards / "d000-0000-000000.bp" / "data.0").stat().st_mtime_ns == mtime  # not redone
     assert store.shards[0]["digest"] == first_digest
     assert not list(shards.glob(".tmp-*"))
     expected = [content_hash(s) for s in read_structures(path).structures]
@@ -262,14 +262,14 @@ def test_corrupted_shard_is_named_and_refused(tmp_path, damage):
     path, _ = _ase_db(tmp_path, labelled(6, 6))
     cfg = _cfg([path])
     preprocess(cfg, CUTOFF, tmp_path / "store", shard_size=4, progress=False)
-    data0 = tmp_path / "store" / "shards" / "d000-000001.bp" / "data.0"
+    data0 = tmp_path / "store" / "shards" / "d000-0000-000001.bp" / "data.0"
     raw = bytearray(data0.read_bytes())
     if damage == "flip":
         raw[len(raw) // 2] ^= 0xFF
         data0.write_bytes(bytes(raw))
     else:
         data0.write_bytes(bytes(raw[: len(raw) // 2]))
-    with pytest.raises(ShardError, match=r"d000-000001\.bp: hash check failed"):
+    with pytest.raises(ShardError, match=r"d000-0000-000001\.bp: hash check failed"):
         prepare_data(dataclasses.replace(cfg, store=str(tmp_path / "store")), CUTOFF,
                      progress=False)
     # preprocessing again redoes exactly that shard
@@ -286,10 +286,10 @@ def test_staging_copies_verified_shards(tmp_path):
                                  stage_dir=str(tmp_path / "local"))
     data = prepare_data(staged, CUTOFF, progress=False)
     assert sorted(p.name for p in (tmp_path / "local" / "shards").iterdir()) == [
-        f"d000-{k:06d}.bp" for k in range(3)]
+        f"d000-0000-{k:06d}.bp" for k in range(3)]
     assert str(tmp_path / "local") in str(data.train[0].cache.get(0).path)
     # a damaged staged copy is replaced by a fresh one
-    (tmp_path / "local" / "shards" / "d000-000000.bp" / "md.0").write_bytes(b"x")
+    (tmp_path / "local" / "shards" / "d000-0000-000000.bp" / "md.0").write_bytes(b"x")
     data = prepare_data(staged, CUTOFF, progress=False)
     Store.open(tmp_path / "store").verify(root=tmp_path / "local")
 
@@ -355,3 +355,20 @@ def test_sigkilled_preprocess_with_workers_resumes_exactly_once(tmp_path):
     expected = [content_hash(s) for s in read_structures(path).structures]
     assert [bytes(h) for h in store.entries["hash"]] == expected
     store.verify()
+
+
+@pytest.mark.slow
+def test_worker_processes_write_the_same_store(tmp_path):
+    """Sources read in parallel give byte-identical shards and the same manifest."""
+    a, _ = _ase_db(tmp_path, labelled(6, 6, seed=0))
+    sub = tmp_path / "b"
+    sub.mkdir()
+    b, _ = _ase_db(sub, labelled(6, 6, seed=3))
+    cfg = DataConfig(datasets=[DatasetConfig(name="one", path=[str(a), str(b)]),
+                               DatasetConfig(name="two", path=str(b))], val_fraction=0.3)
+    preprocess(cfg, CUTOFF, tmp_path / "w1", shard_size=5, progress=False)
+    preprocess(cfg, CUTOFF, tmp_path / "w2", shard_size=5, workers=2, progress=False)
+    s1, s2 = Store.open(tmp_path / "w1"), Store.open(tmp_path / "w2")
+    assert s1.shards == s2.shards and s1.datasets == s2.datasets
+    for key in s1.entries:
+        assert np.array_equal(s1.entries[key], s2.entries[key])

@@ -2,15 +2,17 @@
 
     preprocess(cfg.data, cutoff=4.5, out="store", workers=2)
 
-Each dataset's records (any registered reader, through ``iter_structures``) are cut, in stream
-order, into shards of ``shard_size`` records; shard k of dataset d is always the same records, so
-the work is resumable shard by shard. A worker builds the graphs at ``cutoff`` (edge counts for
-the manifest; the neighbour lists themselves when ``edges``), writes the shard under a temporary
-name, reads it back and compares, renames it, and only then records it in a side file with its
-digest and the sums of its training records (``partials.py``). A rerun skips recorded shards whose
-digest still matches and redoes the rest; nothing half-written ever looks complete. When every
-shard is recorded, ``finalize`` merges the side files into the entry arrays, the reference fit and
-the statistics, and writes ``manifest.json`` last.
+Each source of a dataset (a path of its ``path`` list: a file, or a folder of files; any
+registered reader, through ``iter_structures``) is one unit of work: one process reads it and
+cuts its records, in stream order, into shards of ``shard_size`` records; shard k of source s of
+dataset d is always the same records, so the work is resumable shard by shard, and sources are
+read in parallel (``workers``). For each shard the worker builds the graphs at ``cutoff`` (edge
+counts for the manifest; the neighbour lists themselves when ``edges``), writes the shard under
+a temporary name, reads it back and compares, renames it, and only then records it in a side file
+with its digest and the sums of its training records (``partials.py``). A rerun skips recorded
+shards whose digest still matches and redoes the rest; nothing half-written ever looks complete.
+When every shard is recorded, ``finalize`` merges the side files into the entry arrays, the
+reference fit and the statistics, and writes ``manifest.json`` last.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import logging
 import multiprocessing
 import shutil
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -124,18 +126,78 @@ def _completed(shards_dir: Path) -> dict[str, dict]:
     return done
 
 
+_PROGRESS = None  # a worker's queue for per-shard progress (set by the pool initializer)
+
+
+def _init_worker(queue) -> None:
+    global _PROGRESS
+    _PROGRESS = queue
+
+
+@dataclasses.dataclass
+class Unit:
+    """One source (file or folder) of one dataset: read, cut into shards and written by one
+    process; shard ``d{dataset:03d}-{source:04d}-{k:06d}`` holds its records k·size … ."""
+
+    ds_id: int
+    source_id: int
+    dataset: dict  # DatasetConfig as a dict (plain data crosses the process boundary)
+    path: str
+    on_error: str
+
+
+def convert_unit(unit: Unit, shards_dir: str, done: dict[str, int], cutoff: float,
+                 edges: bool, shard_size: int, val_fraction: float, split_seed: int,
+                 stop_after_shards: int | None = None, bar=None) -> dict:
+    """Read one source and write its shards (skipping the ``done`` ones: name → records).
+
+    Returns the records read, the new shards, the files read and the skip report."""
+    dc = unit.dataset
+    stream = iter_structures(unit.path, dataset=dc["name"], format=dc["format"],
+                             energy_unit=dc["energy_unit"], length_unit=dc["length_unit"],
+                             on_error=unit.on_error, reader_options=dc["reader_options"])
+    n = new = 0
+    with stream:
+        for k, chunk in enumerate(_chunks(stream, shard_size)):
+            name = f"d{unit.ds_id:03d}-{unit.source_id:04d}-{k:06d}"
+            n += len(chunk)
+            if name in done:
+                if done[name] != len(chunk):
+                    raise StoreError(f"{shards_dir}/{name}.bp: recorded with {done[name]} "
+                                     f"records but {unit.path} now gives {len(chunk)} for it: "
+                                     "the input files changed; start a new store")
+            else:
+                convert_shard(shards_dir, name, unit.ds_id, dc["name"], chunk, cutoff, edges,
+                              val_fraction, split_seed)
+                new += 1
+            if bar is not None:
+                bar.update(len(chunk))
+            elif _PROGRESS is not None:
+                _PROGRESS.put(len(chunk))
+            if stop_after_shards is not None and new >= stop_after_shards:
+                raise PreprocessInterrupted(f"stopped after {new} new shards")
+    skipped = str(stream.skipped) if stream.skipped.total else ""
+    if skipped:
+        log.warning("dataset %s: %s", dc["name"], skipped)
+    return {"n": n, "new": new, "files": list(stream.files), "skipped": skipped}
+
+
 def preprocess(cfg: DataConfig, cutoff: float, out: str | Path, *, workers: int = 1,
                shard_size: int = 2048, edges: bool = True, progress: bool = True,
                stop_after_shards: int | None = None) -> Path:
     """Convert the datasets of ``cfg`` into a store at ``out`` (resuming one that is there).
 
+    The unit of work is one source (a path of a dataset's ``path`` list: a file or a folder);
+    with ``workers`` > 1, sources are read, converted and written in parallel processes.
+
     Args:
         cfg: the data section (datasets, root, val_fraction, split_seed, on_error).
         cutoff: graph cutoff (Å) for edge counts and stored neighbour lists.
-        workers: processes building and writing shards (1: in this process).
+        workers: processes reading sources and writing their shards (1: this process).
         shard_size: records per shard.
         edges: store neighbour lists (otherwise they are built when read).
-        stop_after_shards: stop (``PreprocessInterrupted``) after this many new shards; tests.
+        stop_after_shards: stop (``PreprocessInterrupted``) after this many new shards, with
+            one worker; for tests of resumption.
     """
     if not cfg.datasets:
         raise ValueError("data.datasets is empty: name at least one dataset to preprocess")
@@ -159,73 +221,60 @@ def preprocess(cfg: DataConfig, cutoff: float, out: str | Path, *, workers: int 
     else:
         write_json(spec_path, spec)
     (out / "manifest.json").unlink(missing_ok=True)  # rewritten when every shard is verified
-    done = _completed(shards_dir)
+    done = {name: rec["n"] for name, rec in _completed(shards_dir).items()}
     if done:
         log.info("%s: resuming, %d shards already complete", out, len(done))
-    # spawn: workers must not inherit the parent's threads (torch, OpenMP) or open files
-    pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-            if workers > 1 else None)
-    pending: set[Future] = set()
-    new = 0
+    units = [Unit(ds_id, k, dataclasses.asdict(dc), str(path), cfg.on_error)
+             for ds_id, dc in enumerate(cfg.datasets)
+             for k, path in enumerate(dataset_paths(cfg, dc))]
+    common = (str(shards_dir), done, cutoff, edges, shard_size, cfg.val_fraction,
+              cfg.split_seed)
     bar = tqdm(desc="preprocess", unit=" structures", disable=not progress)
-
-    def settle(block: bool) -> None:
-        nonlocal new
-        while pending and (block or len(pending) >= 2 * workers):
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for f in finished:
-                pending.discard(f)
-                bar.update(f.result())
-                new += 1
-            if stop_after_shards is not None and new >= stop_after_shards:
-                raise PreprocessInterrupted(f"stopped after {new} new shards")
-
-    skipped, files = {}, {}
+    results: dict[int, dict] = {}
     try:
-        for ds_id, dc in enumerate(cfg.datasets):
-            reports, ds_files = [], []
-            k = 0
-            for source in dataset_paths(cfg, dc):
-                stream = iter_structures(source, dataset=dc.name, format=dc.format,
-                                         energy_unit=dc.energy_unit,
-                                         length_unit=dc.length_unit, on_error=cfg.on_error,
-                                         reader_options=dc.reader_options)
-                with stream:
-                    for chunk in _chunks(stream, shard_size):
-                        name = f"d{ds_id:03d}-{k:06d}"
-                        k += 1
-                        if name in done:
-                            if done[name]["n"] != len(chunk):
-                                raise StoreError(f"{shards_dir / name}.bp: recorded with "
-                                                 f"{done[name]['n']} records but the source "
-                                                 f"now gives {len(chunk)}: the input files "
-                                                 "changed; start a new store")
-                            bar.update(len(chunk))
-                            continue
-                        args = (str(shards_dir), name, ds_id, dc.name, chunk, cutoff, edges,
-                                cfg.val_fraction, cfg.split_seed)
-                        if pool is None:
-                            bar.update(convert_shard(*args))
-                            new += 1
-                            if stop_after_shards is not None and new >= stop_after_shards:
-                                raise PreprocessInterrupted(f"stopped after {new} new shards")
-                        else:
-                            pending.add(pool.submit(convert_shard, *args))
-                            settle(block=False)
-                ds_files.extend(stream.files)
-                if stream.skipped.total:
-                    reports.append(str(stream.skipped))
-                    log.warning("dataset %s: %s", dc.name, stream.skipped)
-            skipped[dc.name], files[dc.name] = reports, ds_files
-        settle(block=True)
+        if workers == 1:
+            for i, unit in enumerate(units):
+                results[i] = convert_unit(unit, *common, stop_after_shards=stop_after_shards,
+                                          bar=bar)
+                if stop_after_shards is not None:
+                    stop_after_shards -= results[i]["new"]
+        else:
+            results = _run_pool(units, common, workers, bar)
     finally:
         bar.close()
-        if pool is not None:
-            for f in pending:
-                f.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
+    skipped: dict[str, list[str]] = {dc.name: [] for dc in cfg.datasets}
+    files: dict[str, list[str]] = {dc.name: [] for dc in cfg.datasets}
+    for i, unit in enumerate(units):
+        name = unit.dataset["name"]
+        files[name].extend(results[i]["files"])
+        if results[i]["skipped"]:
+            skipped[name].append(results[i]["skipped"])
     finalize(out, cfg, cutoff, edges, spec, skipped, files)
     return out
+
+
+def _run_pool(units: list[Unit], common: tuple, workers: int, bar) -> dict[int, dict]:
+    """Units in ``workers`` spawned processes; progress arrives shard by shard on a queue."""
+    ctx = multiprocessing.get_context("spawn")  # never inherit torch/OpenMP threads or files
+    queue = ctx.Queue()
+    results = {}
+    with ProcessPoolExecutor(min(workers, len(units)), mp_context=ctx,
+                             initializer=_init_worker, initargs=(queue,)) as pool:
+        futures = {pool.submit(convert_unit, unit, *common): i for i, unit in enumerate(units)}
+        pending = set(futures)
+        try:
+            while pending:
+                finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                while not queue.empty():
+                    bar.update(queue.get())
+                for f in finished:
+                    results[futures[f]] = f.result()
+        finally:
+            for f in pending:
+                f.cancel()
+    while not queue.empty():
+        bar.update(queue.get())
+    return results
 
 
 def finalize(out: Path, cfg: DataConfig, cutoff: float, edges: bool, spec: dict,
