@@ -136,17 +136,22 @@ def metrics_table(datasets: list[LoadedDataset] | None, metrics: dict, split: st
 
 def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = None,
                         split: str = "val", device: str = "auto", calibration: bool = False,
-                        ensemble: list[str] | tuple[str, ...] = ()) -> Evaluation:
+                        ensemble: list[str] | tuple[str, ...] = (),
+                        precision: str | None = None) -> Evaluation:
     """Re-read the checkpoint's datasets (same deterministic split), evaluate, write the
     metrics (JSON, markdown) and parity plots to ``out_dir``. With ``calibration``, also how
     well the head spread (and the spread across the ``ensemble`` checkpoints) predicts the
-    error, per dataset (:mod:`atomgfm.inference.calibration`)."""
+    error, per dataset (:mod:`atomgfm.inference.calibration`). ``precision`` (fp64, fp32,
+    bf16) overrides the precision the checkpoint was trained in."""
     from atomgfm.config.schema import config_from_dict
     from atomgfm.inference.plots import parity_plots
     from atomgfm.models.checkpoint import load_model
 
     model, state = load_model(checkpoint)
     cfg = config_from_dict(state["config"])
+    if precision is not None:
+        param_dtype(precision)  # a clear error for an unknown name
+        cfg.train.precision = precision
     if cfg.data.store:
         if calibration:
             raise ValueError("evaluate --calibration reads datasets from their files; "
