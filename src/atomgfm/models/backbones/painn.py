@@ -34,13 +34,25 @@ class PaiNNMessage(nn.Module):
         self.phi = nn.Sequential(nn.Linear(F, F), nn.SiLU(), nn.Linear(F, 3 * F))
 
     def forward(self, s, v, i, j, filt, unit, first: bool):
-        """``filt`` (E, 3F): this layer's distance filter, cutoff already applied."""
+        """``filt``: this layer's distance filter, cutoff applied: (E, 3F) for the scalar,
+        vector-gate and direction channels, or (E, 2F) without the vector gate when ``first``
+        (v = 0 before the first message: that channel would multiply zeros)."""
+        F = self.F
+        h = self.phi(s)  # (N, 3F)
+        if first:
+            h = torch.cat([h[:, :F], h[:, 2 * F:]], dim=-1)  # (N, 2F)
         # index_select rather than x[j]: its backward is a fast index_add, not index_put.
-        x = torch.index_select(self.phi(s), 0, j) * filt  # (E, 3F)
-        ds, dvv, dvs = torch.split(x, self.F, dim=-1)
-        dv = unit.unsqueeze(-1) * dvs.unsqueeze(1)  # (E, 3, F)
-        if not first:  # v = 0 before the first message: skip the zero term
-            dv = torch.addcmul(dv, torch.index_select(v, 0, j), dvv.unsqueeze(1))
+        x = torch.index_select(h, 0, j) * filt  # (E, 3F) or (E, 2F)
+        if first:
+            ds, dvs = torch.split(x, F, dim=-1)
+            dv = unit.unsqueeze(-1) * dvs.unsqueeze(1)  # (E, 3, F)
+        else:
+            ds, dvv, dvs = torch.split(x, F, dim=-1)
+            # v_j ⊙ dvv + unit ⊗ dvs, the (E, 3, F) gather in the plain product: addcmul's
+            # backward scales its tensor arguments by ``value``, which is cheap only for these
+            # (E, 3, 1) and (E, 1, F) ones.
+            dv = torch.addcmul(torch.index_select(v, 0, j) * dvv.unsqueeze(1),
+                               unit.unsqueeze(-1), dvs.unsqueeze(1))  # (E, 3, F)
         n = s.shape[0]
         return s + scatter_sum(ds, i, n), v + scatter_sum(dv, i, n)
 
@@ -123,8 +135,12 @@ class PaiNN(Backbone):
         width = 3 * self.num_scalar_features
         s = self.embedding(batch)  # (N, F)
         v = s.new_zeros((s.shape[0], 3, s.shape[1]))  # (N, 3, F)
+        F = self.num_scalar_features
         for k, (message, update) in enumerate(zip(self.messages, self.updates, strict=True)):
-            filt = torch.mm(basis, weight[k * width:(k + 1) * width].t())  # (E, 3F)
+            w = weight[k * width:(k + 1) * width]  # (3F, num_rbf + 1)
+            if k == 0:  # no vector-gate filter: v = 0 before the first message
+                w = torch.cat([w[:F], w[2 * F:]])
+            filt = torch.mm(basis, w.t())  # (E, 3F), or (E, 2F) for the first layer
             s, v = message(s, v, i, j, filt, unit, first=k == 0)
             s, v = update(s, v)
         return {K.NODE_SCALARS: s, K.NODE_VECTORS: v}
