@@ -200,12 +200,14 @@ def stream(args, device) -> None:
     import tempfile
 
     from atomgfm.screen.generate import CandidateGenerator
-    from atomgfm.screen.run import Screener, ScreenSettings
+    from atomgfm.screen.run import GeneratedCandidates, Screener, ScreenSettings
 
     spec = {"seed": 0, "families": [
         {"kind": "alloy", "lattice": "fcc", "elements": ["Cu", "Ni", "Pd", "Au", "Ag", "Pt", "Al"],
          "components": [2, 3], "supercells": [[2, 2, 2]], "step": 0.125,
-         "samples": max(1, -(-args.stream // 1260)), "rattle": 0.03}]}
+         "samples": 1, "rattle": 0.03}]}
+    per_sample = len(CandidateGenerator(spec))  # 882 compositions
+    spec["families"][0]["samples"] = max(1, -(-args.stream // per_sample))
     gen = CandidateGenerator(spec, "<benchmark spec>")
     ff = model(args.heads, args.width, args.layers)
     names = [f"h{k}" for k in range(args.heads)]
@@ -237,7 +239,7 @@ def stream(args, device) -> None:
     print(f"streaming {len(First(gen, args.stream)):,} candidates (32-atom fcc alloys, "
           f"{args.heads} heads, forces={args.forces}) into {out}; RSS before {rss_mib():.0f} MiB",
           flush=True)
-    s = screener.run(First(gen, args.stream), out, on_chunk=on_chunk)
+    s = screener.run(GeneratedCandidates(First(gen, args.stream)), out, on_chunk=on_chunk)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     q = np.percentile(samples, [0, 50, 100]) if samples else [float("nan")] * 3
