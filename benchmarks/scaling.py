@@ -103,6 +103,7 @@ def plot(results: list[dict], path: Path) -> None:
         ax_eff.plot([r["world"] for r in pts], [100 * r["efficiency"] for r in pts],
                     marker="o", label=f"{key[0]} ({key[1]})")
     ax_eff.axhline(100, color="grey", lw=0.5)
+    ax_eff.set_xticks(sorted({r["world"] for r in results}))
     ax_eff.set(xlabel="processes", ylabel="parallel efficiency (%)", title="scaling efficiency")
     ax_eff.legend(fontsize=8)
     labels = [f"{r['mode'][0]}{r['world']}\n{r['grad_sync']}" for r in results]
