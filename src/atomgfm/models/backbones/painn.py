@@ -33,26 +33,22 @@ class PaiNNMessage(nn.Module):
         self.F = F
         self.phi = nn.Sequential(nn.Linear(F, F), nn.SiLU(), nn.Linear(F, 3 * F))
 
-    def forward(self, s, v, i, j, filt, unit, first: bool):
-        """``filt``: this layer's distance filter, cutoff applied: (E, 3F) for the scalar,
-        vector-gate and direction channels, or (E, 2F) without the vector gate when ``first``
-        (v = 0 before the first message: that channel would multiply zeros)."""
+    def forward(self, s, v, i, j, filt, filt_vv, unit):
+        """``filt`` (E, 2F): this layer's distance filters of the scalar and direction channels,
+        ``filt_vv`` (E, F) the vector-gate filter, or None before the first message (v = 0);
+        cutoff applied to both."""
         F = self.F
-        h = self.phi(s)  # (N, 3F)
-        if first:
-            h = torch.cat([h[:, :F], h[:, 2 * F:]], dim=-1)  # (N, 2F)
+        h = self.phi(s)  # (N, 3F): scalar, vector-gate and direction channels
         # index_select rather than x[j]: its backward is a fast index_add, not index_put.
-        x = torch.index_select(h, 0, j) * filt  # (E, 3F) or (E, 2F)
-        if first:
-            ds, dvs = torch.split(x, F, dim=-1)
-            dv = unit.unsqueeze(-1) * dvs.unsqueeze(1)  # (E, 3, F)
-        else:
-            ds, dvv, dvs = torch.split(x, F, dim=-1)
-            # v_j ⊙ dvv + unit ⊗ dvs, the (E, 3, F) gather in the plain product: addcmul's
-            # backward scales its tensor arguments by ``value``, which is cheap only for these
-            # (E, 3, 1) and (E, 1, F) ones.
-            dv = torch.addcmul(torch.index_select(v, 0, j) * dvv.unsqueeze(1),
-                               unit.unsqueeze(-1), dvs.unsqueeze(1))  # (E, 3, F)
+        x = torch.index_select(torch.cat([h[:, :F], h[:, 2 * F:]], dim=-1), 0, j) * filt
+        ds, dvs = torch.split(x, F, dim=-1)  # (E, F) each
+        dv = unit.unsqueeze(-1) * dvs.unsqueeze(1)  # (E, 3, F)
+        if filt_vv is not None:
+            # v_j ⊙ (h_j W_ij) as (v_j ⊙ h_j) W_ij: the gate product once per atom, not per edge.
+            # The (E, 3, F) gather goes in the plain product, not as addcmul's tensor argument
+            # (its backward rescales those by ``value``: cheap only for (E, 3, 1) and (E, 1, F)).
+            vh = torch.index_select(v * h[:, F:2 * F].unsqueeze(1), 0, j)  # (E, 3, F)
+            dv = torch.addcmul(vh * filt_vv.unsqueeze(1), unit.unsqueeze(-1), dvs.unsqueeze(1))
         n = s.shape[0]
         return s + scatter_sum(ds, i, n), v + scatter_sum(dv, i, n)
 
@@ -137,10 +133,10 @@ class PaiNN(Backbone):
         v = s.new_zeros((s.shape[0], 3, s.shape[1]))  # (N, 3, F)
         F = self.num_scalar_features
         for k, (message, update) in enumerate(zip(self.messages, self.updates, strict=True)):
-            w = weight[k * width:(k + 1) * width]  # (3F, num_rbf + 1)
-            if k == 0:  # no vector-gate filter: v = 0 before the first message
-                w = torch.cat([w[:F], w[2 * F:]])
-            filt = torch.mm(basis, w.t())  # (E, 3F), or (E, 2F) for the first layer
-            s, v = message(s, v, i, j, filt, unit, first=k == 0)
+            w = weight[k * width:(k + 1) * width]  # (3F, num_rbf + 1): scalar, gate, direction
+            filt = torch.mm(basis, torch.cat([w[:F], w[2 * F:]]).t())  # (E, 2F)
+            # No vector-gate filter before the first message: it would multiply v = 0.
+            filt_vv = torch.mm(basis, w[F:2 * F].t()) if k else None  # (E, F)
+            s, v = message(s, v, i, j, filt, filt_vv, unit)
             s, v = update(s, v)
         return {K.NODE_SCALARS: s, K.NODE_VECTORS: v}
