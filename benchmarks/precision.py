@@ -11,9 +11,11 @@ checkpoint's datasets is evaluated in every mode. Columns:
   all datasets together;
 - ΔE / ΔF vs fp64: mean and max absolute difference of the predictions from the fp64
   predictions (what the precision itself costs);
-- infer structures/s: energy + forces on pre-built graphs (best of ``--repeats`` passes);
+- infer structures/s: energy + forces on pre-built graphs (whole split per pass);
 - train ms/step: energy + force loss, double backward, AdamW step, on training batches packed as
-  in training (mean over ``--train-steps`` after one warm-up step).
+  in training (mean over ``--train-steps`` steps, after one warm-up step).
+Speed is measured in ``--repeats`` rounds that interleave the modes; each mode's best round is
+reported (bursts of load from other jobs then hit every mode alike).
 
 Energies are summed in float64 in every mode (heads and references are float64); bf16 runs the
 network's products under autocast with float32 master weights.
@@ -55,28 +57,36 @@ def predict(model, batches, precision, tf32, device):
     return (torch.cat(energies).cpu().numpy(), torch.cat(forces).cpu().numpy(), secs)
 
 
-def train_step_ms(model, batches, precision, tf32, device, scales, weights, steps):
-    """Mean ms of an E+F training step (after one warm-up step) on a copy of ``model``."""
-    model = copy.deepcopy(model).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    dtype = param_dtype(precision)
-    times = []
-    for i in range(steps + 1):
-        batch = collate(batches[i % len(batches)], dtype, device)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        with autocast(precision, device), matmul_tf32(tf32, device):
-            out = model(batch, forces=True, create_graph=True)
-            loss, _ = multitask_loss(out, batch, scales, weights)
-        opt.zero_grad(set_to_none=True)
-        with matmul_tf32(tf32, device):
-            loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return 1000 * float(np.mean(times[1:]))
+class TrainTimer:
+    """E+F training steps (loss, double backward, AdamW) on this mode's own copy of the model,
+    cycling through ``batches``; ``time(steps)`` returns the mean ms per step."""
+
+    def __init__(self, model, batches, precision, tf32, device, scales, weights) -> None:
+        self.model = copy.deepcopy(model).train()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.batches, self.precision, self.tf32, self.device = batches, precision, tf32, device
+        self.scales, self.weights, self.i = scales, weights, 0
+        self.time(1)  # warm-up
+
+    def time(self, steps: int) -> float:
+        dtype = param_dtype(self.precision)
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        total = 0.0
+        for _ in range(steps):
+            batch = collate(self.batches[self.i % len(self.batches)], dtype, self.device)
+            self.i += 1
+            sync()
+            t = time.perf_counter()
+            with autocast(self.precision, self.device), matmul_tf32(self.tf32, self.device):
+                out = self.model(batch, forces=True, create_graph=True)
+                loss, _ = multitask_loss(out, batch, self.scales, self.weights)
+            self.opt.zero_grad(set_to_none=True)
+            with matmul_tf32(self.tf32, self.device):
+                loss.backward()
+            self.opt.step()
+            sync()
+            total += time.perf_counter() - t
+        return 1000 * total / steps
 
 
 def main() -> None:
@@ -86,8 +96,8 @@ def main() -> None:
     p.add_argument("--split", default="val", choices=["val", "train"])
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
-    p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--train-steps", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds")
+    p.add_argument("--train-steps", type=int, default=5, help="training steps per round")
     p.add_argument("--max-structures", type=int, default=None,
                    help="at most this many structures per dataset (default: the whole split)")
     p.add_argument("--quick", action="store_true", help="5 structures per dataset, 2 steps")
@@ -132,27 +142,31 @@ def main() -> None:
     print("| precision | E MAE meV/atom | F MAE meV/Å | ΔE vs fp64 meV/atom (mean, max abs) | "
           "ΔF vs fp64 meV/Å (mean, max abs) | infer structures/s | train ms/step |")
     print("|---|---|---|---|---|---|---|")
-    ref = None
+    # Errors: one pass per mode. Speed: rounds that interleave the modes (so a burst of load
+    # from other jobs hits every mode alike); the best round of each mode is reported.
+    rows, models, trainers = [], {}, {}
     for precision, tf32 in modes:
-        m = model.to(device, param_dtype(precision))
-        best = None
-        for _ in range(args.repeats):
-            e, f, secs = predict(m, val_batches, precision, tf32, device)
-            best = secs if best is None else min(best, secs)
-        if ref is None:
-            ref = (e, f)
-        e_err = np.abs(e - e_true) / n_atoms
-        f_err = np.abs(f - f_true)
-        de = np.abs(e - ref[0]) / n_atoms
-        df = np.abs(f - ref[1])
-        ms = train_step_ms(m, train_batches, precision, tf32, device, scales, weights,
-                           args.train_steps)
+        m = copy.deepcopy(model).to(device, param_dtype(precision))
+        models[precision, tf32] = m
+        e, f, _ = predict(m, val_batches, precision, tf32, device)
+        rows.append((precision, tf32, e, f))
+        trainers[precision, tf32] = TrainTimer(m, train_batches, precision, tf32, device, scales,
+                                               weights)
+    infer = {k: float("inf") for k in models}
+    train = {k: float("inf") for k in models}
+    for _ in range(args.repeats):
+        for key, m in models.items():
+            infer[key] = min(infer[key], predict(m, val_batches, *key, device)[2])
+            train[key] = min(train[key], trainers[key].time(args.train_steps))
+    e_ref, f_ref = rows[0][2], rows[0][3]
+    for precision, tf32, e, f in rows:
+        e_err, f_err = np.abs(e - e_true) / n_atoms, np.abs(f - f_true)
+        de, df = np.abs(e - e_ref) / n_atoms, np.abs(f - f_ref)
         name = precision + (" + TF32" if tf32 else "")
         print(f"| {name} | {1000 * e_err.mean():.2f} | {1000 * f_err.mean():.2f} | "
               f"{1000 * de.mean():.2g} / {1000 * de.max():.2g} | "
-              f"{1000 * df.mean():.2g} / {1000 * df.max():.2g} | {len(val) / best:.1f} | "
-              f"{ms:.1f} |")
-
+              f"{1000 * df.mean():.2g} / {1000 * df.max():.2g} | "
+              f"{len(val) / infer[precision, tf32]:.1f} | {train[precision, tf32]:.1f} |")
 
 if __name__ == "__main__":
     main()
