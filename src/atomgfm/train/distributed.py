@@ -142,7 +142,9 @@ def data_parallel(model: torch.nn.Module, device: torch.device):
         raise RuntimeError("train.grad_sync 'ddp' needs an initialised torch.distributed process "
                            "group (torchrun, or init_distributed); with a custom reduce "
                            "function use grad_sync: flat")
-    ids = [device.index] if device.type == "cuda" else None
+    ids = None
+    if device.type == "cuda":
+        ids = [device.index if device.index is not None else torch.cuda.current_device()]
     return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False,
                                    find_unused_parameters=False)
 

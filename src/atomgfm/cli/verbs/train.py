@@ -22,9 +22,8 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from atomgfm.config.schema import load_config
     from atomgfm.inference.evaluate import metrics_table
-    from atomgfm.train.loop import Trainer
-
     from atomgfm.train.distributed import init_distributed, launch_env, shutdown
+    from atomgfm.train.loop import Trainer
 
     cfg = load_config(args.config)
     if args.out_dir:
@@ -38,7 +37,8 @@ def run(args) -> int:
     else:
         import logging
 
-        cfg.train.device = str(init_distributed(env, cfg.train.device))
+        # "cuda" is this rank's cuda:LOCAL_RANK (made current); the saved config stays portable
+        cfg.train.device = init_distributed(env, cfg.train.device).type
         if env.rank != 0:  # rank 0 alone prints; the others still show warnings and errors
             logging.getLogger("atomgfm").setLevel(logging.WARNING)
             cfg.train.progress = False
