@@ -77,13 +77,14 @@ def _rattled_molecule(atoms: Atoms, rng: np.random.Generator,
 
 
 def new_molecule(rng: np.random.Generator) -> Atoms:
-    """A G2 molecule over 12 atoms or an S22 dimer, perturbed; closed-shell neutral."""
+    """A G2 molecule over 12 atoms or an S22 dimer, perturbed; neutral, lowest multiplicity."""
     names = [("g2", n) for n in NEW_MOLECULES] + [("s22", n) for n in s22.names]
     source, name = names[rng.integers(len(names))]
     atoms = molecule(name) if source == "g2" else s22[name]
     atoms = Atoms(atoms.numbers, atoms.positions)
     atoms = _rattled_molecule(atoms, rng)
-    atoms.info = {"charge": 0, "spin": 1, "config_type": name}
+    spin = 1 if int(atoms.numbers.sum()) % 2 == 0 else 2  # C4H9 (G2 "C3H9C") is a radical
+    atoms.info = {"charge": 0, "spin": spin, "config_type": name}
     return atoms
 
 

@@ -23,7 +23,7 @@ from atomgfm import keys as K
 from atomgfm.config.schema import DataConfig, DatasetConfig
 from atomgfm.data.mixing import mixing_probabilities
 from atomgfm.data.readers import iter_structures
-from atomgfm.data.references import Normalization
+from atomgfm.data.references import Normalization, fit_references
 from atomgfm.data.sources import (
     LoadedDataset,
     PreparedData,
@@ -115,17 +115,37 @@ def load_property_dataset(dc: DatasetConfig, ds_id: int, cfg: DataConfig) -> Loa
     seed = zlib.crc32(dc.name.encode()) + cfg.split_seed  # as load_datasets: by name
     tr, va = split_indices(len(structures), cfg.val_fraction, seed)
     train, val = [structures[i] for i in tr], [structures[i] for i in va]
-    y = np.array([s.info[dc.property_key] for s in train])
+    d = LoadedDataset(dc, ds_id, train, val, None, file_digest(files), skipped)
+    return _describe_property(d)
+
+
+def _describe_property(d: LoadedDataset) -> LoadedDataset:
+    """Normalisation and head spec of a property dataset from its training split: offset =
+    mean (regression) or log-odds (classification), scale = standard deviation (or 1)."""
+    dc = d.config
+    y = np.array([s.info[dc.property_key] for s in d.train])
     if dc.task == "classification":
         rate = float(np.clip(y.mean(), 0.02, 0.98))
         offset, scale = math.log(rate / (1 - rate)), 1.0
     else:
         offset, scale = float(y.mean()), float(y.std()) if y.std() > 1e-12 else 1.0
-    norm = Normalization(np.zeros(MAX_Z + 1), scale, math.nan, math.nan, len(train))
-    d = LoadedDataset(dc, ds_id, train, val, norm, file_digest(files), skipped)
+    d.normalization = Normalization(np.zeros(MAX_Z + 1), scale, math.nan, math.nan,
+                                    len(d.train))
     d.head = {"type": "property", "task": dc.task, "reduce": dc.property_reduce,
               "offset": offset, "scale": scale}
     return d
+
+
+def subset(d: LoadedDataset, n: int) -> LoadedDataset:
+    """The first ``n`` training records of ``d`` (same validation split), with references (or
+    the property's offset and scale) refitted on them: a learning-curve point."""
+    if n > len(d.train):
+        raise ValueError(f"dataset {d.name!r} has {len(d.train)} training records, not {n}")
+    out = dataclasses.replace(d, train=d.train[:n], skipped=list(d.skipped))
+    if d.config.task != "energy":
+        return _describe_property(out)
+    out.normalization = fit_references(out.train, d.name)
+    return out
 
 
 def registry_entry(d: LoadedDataset) -> dict:

@@ -1,10 +1,11 @@
 """New heads for new datasets: initialised from the closest pretrained head, references refitted.
 
 For every candidate energy head h of the pretrained model, on the new dataset's training split:
-the head's learned part L_h = E_h − (its references) is computed with the pretrained backbone,
-the new dataset's references (per element, and charge/spin state energies) are fitted by least
-squares to E − L_h, and what remains is the candidate's error: the RMS energy residual per atom
-and the RMS force error. The closest head has the smallest sum of the two, each divided by the
+the head's energies E_h are computed with the pretrained backbone, a correction to its references
+(per element, and charge/spin state energies) is fitted by least squares to E − E_h (the
+level-of-theory offset; an element absent from the split keeps the head's reference), and what
+remains is the candidate's error: the RMS energy residual per atom and the RMS force error.
+The closest head has the smallest sum of the two, each divided by the
 dataset's own spread (the residual of a references-only fit; the RMS force component). The new
 head copies that head's MLP and scale and takes the refitted references, so it starts with
 exactly the candidate's error instead of a reset head's.
@@ -59,43 +60,72 @@ def energy_heads(model) -> list[str]:
 
 
 @torch.no_grad()
-def _learned_parts(model, graphs: GraphSource, heads: list[str], device, dtype):
-    """Per structure: the learned energy of every head (S, H) and its forces (n, 3, H)."""
+def _learned_parts(model, graphs: GraphSource, heads: list[str], device, dtype,
+                   with_forces: bool):
+    """Per structure: the energy of every head (H,) and, with forces, its forces (n, 3, H);
+    energies alone take no backward pass."""
     model.eval()
     learned, forces = [None] * len(graphs), [None] * len(graphs)
     for idx in packed_batches(graphs.n_atoms, 256, 64, graphs.n_edges, None):
         batch = collate([graphs[i] for i in idx], dtype, device)
         weights = torch.full((len(idx), len(heads)), 1.0 / len(heads), dtype=torch.float64,
                              device=device)
-        out = model(batch, forces=True, heads=heads, weights=weights, per_head=True)
-        ref = model.model.reference(batch, heads)
-        e = (out[K.HEAD_ENERGY] - ref).double().cpu().numpy()
-        f = out[K.HEAD_FORCES].double().cpu().numpy()
+        out = model(batch, forces=with_forces, heads=heads, weights=weights, per_head=True)
+        e = out[K.HEAD_ENERGY].double().cpu().numpy()  # (S, H) total energies, eV
         bounds = np.concatenate([[0], np.cumsum(batch[K.N_ATOMS].cpu().numpy())])
+        f = out[K.HEAD_FORCES].double().cpu().numpy() if with_forces else None
         for row, i in enumerate(idx):
             learned[i] = e[row]
-            forces[i] = f[bounds[row]:bounds[row + 1]]
+            if with_forces:
+                forces[i] = f[bounds[row]:bounds[row + 1]]
     return learned, forces
 
 
+class _Subset:
+    """The first ``n`` entries of a graph source, with its size manifest."""
+
+    def __init__(self, source: GraphSource, n: int) -> None:
+        self.source, self.n = source, min(n, len(source))
+        self.n_atoms, self.n_edges = source.n_atoms[:self.n], source.n_edges[:self.n]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        return self.source[i]
+
+
 def fit_candidates(model, dataset: LoadedDataset, graphs: GraphSource, heads: list[str],
-                   device="cpu", dtype=torch.float32) -> dict[str, HeadFit]:
+                   device="cpu", dtype=torch.float32,
+                   max_force_structures: int = 64) -> dict[str, HeadFit]:
     """Every candidate head on ``dataset``'s training split (``graphs`` built from
-    ``dataset.train`` in order), references refitted per candidate."""
+    ``dataset.train`` in order), references refitted per candidate on the whole split; force
+    errors on its first ``max_force_structures`` records (one backward per head each)."""
     structures = dataset.train
     if len(structures) != len(graphs):
         raise ValueError("graphs must be built from the dataset's training split, in order")
-    learned, forces = _learned_parts(model, graphs, heads, device, dtype)
+    learned, _ = _learned_parts(model, graphs, heads, device, dtype, with_forces=False)
+    sample = _Subset(graphs, max_force_structures)
+    has_forces = any(s.forces is not None for s in structures[:len(sample)])
+    _, forces = (_learned_parts(model, sample, heads, device, dtype, with_forces=True)
+                 if has_forces else (None, None))
     base = fit_references(structures, dataset.name)
-    f_true = [s.forces for s in structures if s.forces is not None]
+    f_true = [s.forces for s in structures[:len(sample)] if s.forces is not None]
     force_rms = float(np.sqrt(np.mean(np.concatenate(f_true) ** 2))) if f_true else math.nan
     fits = {}
     for h, name in enumerate(heads):
-        shifted = [dataclasses.replace(s, energy=s.energy - learned[i][h])
-                   if s.energy is not None else s for i, s in enumerate(structures)]
-        norm = fit_references(shifted, dataset.name)
-        f_err = [forces[i][:, :, h] - s.forces for i, s in enumerate(structures)
-                 if s.forces is not None]
+        # The correction to the head's own references: fitted on what the head misses, so an
+        # element or charge state absent from a small training split keeps the head's value
+        # (the minimum-norm correction is zero there) instead of a reference of zero.
+        residual = [dataclasses.replace(s, energy=s.energy - learned[i][h])
+                    if s.energy is not None else s for i, s in enumerate(structures)]
+        delta = fit_references(residual, dataset.name)
+        head = model.heads[name]
+        norm = dataclasses.replace(
+            delta, element_energy=head.element_energy.detach().cpu().numpy() + delta.element_energy,
+            state_energy=head.state_energy.detach().cpu().numpy() + delta.state_energy)
+        f_err = [forces[i][:, :, h] - s.forces for i, s in enumerate(structures[:len(sample)])
+                 if s.forces is not None] if has_forces else []
         force_rmse = float(np.sqrt(np.mean(np.concatenate(f_err) ** 2))) if f_err else math.nan
         terms = []
         if math.isfinite(norm.energy_rms):

@@ -156,7 +156,8 @@ def _evaluate(model, sets, names, tc) -> dict:
 
 
 def finetune(cfg: Config, *, resume: bool = True, datasets: list[LoadedDataset] | None = None,
-             pretrained=None) -> FinetuneResult:
+             pretrained=None, pretraining: list[LoadedDataset] | None = None,
+             report_forgetting: bool = True, measure_start: bool = True) -> FinetuneResult:
     """Fine-tune ``cfg.finetune.checkpoint`` on ``cfg.data`` (see the module docstring).
 
     Args:
@@ -165,6 +166,11 @@ def finetune(cfg: Config, *, resume: bool = True, datasets: list[LoadedDataset] 
         datasets: the new datasets already loaded (``finetune.data.load_new_datasets``), to skip
             reading files (benchmarks reuse them across runs).
         pretrained: ``(model, state)`` of ``models.checkpoint.load_model``, likewise.
+        pretraining: the pretraining datasets already loaded (``load_pretraining_datasets``),
+            for replay and the forgetting report.
+        report_forgetting: measure every pretraining head before and after (reads the
+            pretraining data unless given).
+        measure_start: evaluate the assembled model before the first step (``start_metrics``).
     """
     ft, tc = cfg.finetune, cfg.train
     if ft.checkpoint is None:
@@ -189,8 +195,9 @@ def finetune(cfg: Config, *, resume: bool = True, datasets: list[LoadedDataset] 
 
     old: list[LoadedDataset] = []
     if regime != "scratch" and ft.replay > 0:
-        old = load_pretraining_datasets(state, [d["name"] for d in old_table
-                                                if d.get("task", "energy") == "energy"])
+        old = pretraining if pretraining is not None else load_pretraining_datasets(
+            state, [d["name"] for d in old_table if d.get("task", "energy") == "energy"])
+        old = [dataclasses.replace(d) for d in old]  # prepare() renumbers ids
     backbone_cls_needs = pre_model.backbone.needs
     data = prepare(old + new, pre_model.cutoff, backbone_cls_needs, progress=tc.progress)
 
@@ -236,7 +243,7 @@ def finetune(cfg: Config, *, resume: bool = True, datasets: list[LoadedDataset] 
             for p in model.backbone.parameters():
                 p.requires_grad_(False)
 
-    start_metrics = _evaluate(model, data.val, data.names, tc)
+    start_metrics = _evaluate(model, data.val, data.names, tc) if measure_start else {}
     trainer = Trainer(model, data, run_cfg, resume=resume)
     metrics = trainer.fit()
     best = read_checkpoint(Path(tc.out_dir) / "best.pt")
@@ -256,9 +263,9 @@ def finetune(cfg: Config, *, resume: bool = True, datasets: list[LoadedDataset] 
                                         "head_init": head_init, "start_metrics": start_metrics}})
 
     forgetting, forgetting_table = {}, ""
-    if regime != "scratch":
+    if regime != "scratch" and report_forgetting:
         forgetting, forgetting_table, more = forgetting_report(pre_model, final_model, state,
-                                                               old, tc)
+                                                               pretraining or old, tc)
         notes += more
         (out / "forgetting.json").write_text(json.dumps(forgetting, indent=2))
     (out / "finetune.json").write_text(json.dumps(
@@ -323,7 +330,8 @@ def forgetting_report(pre_model, final_model, state: dict, old: list[LoadedDatas
             return {}, msg, [msg]
     by_name = {d.name: d for d in old}
     all_names = [d["name"] for d in table]
-    sets = [build_graphs(by_name[n].val, pre_model.cutoff, int(by_name[n].id), progress=False,
+    ids = {d["name"]: int(d["id"]) for d in table}
+    sets = [build_graphs(by_name[n].val, pre_model.cutoff, ids[n], progress=False,
                          needs=pre_model.backbone.needs) if n in by_name else None
             for n in all_names]
     present = [s for s in sets if s is not None]
