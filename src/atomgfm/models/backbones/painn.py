@@ -42,8 +42,9 @@ class PaiNNMessage(nn.Module):
         # index_select rather than x[j]: its backward is a fast index_add, not index_put.
         x = torch.index_select(torch.cat([h[:, :F], h[:, 2 * F:]], dim=-1), 0, j) * filt
         ds, dvs = torch.split(x, F, dim=-1)  # (E, F) each
-        dv = unit.unsqueeze(-1) * dvs.unsqueeze(1)  # (E, 3, F)
-        if filt_vv is not None:
+        if filt_vv is None:
+            dv = unit.unsqueeze(-1) * dvs.unsqueeze(1)  # (E, 3, F)
+        else:
             # v_j ⊙ (h_j W_ij) as (v_j ⊙ h_j) W_ij: the gate product once per atom, not per edge.
             # The (E, 3, F) gather goes in the plain product, not as addcmul's tensor argument
             # (its backward rescales those by ``value``: cheap only for (E, 3, 1) and (E, 1, F)).
