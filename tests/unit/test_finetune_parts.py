@@ -80,6 +80,12 @@ def test_backbone_groups_get_their_lr_and_warmup_and_frozen_ones_stay_out():
         assert g["initial_lr"] == pytest.approx(1e-4 if in_backbone.pop() else 1e-3)
     lrs = sched.get_last_lr()
     assert sorted(lrs) == pytest.approx(sorted([1e-3, 1e-3, 1e-4 / 4, 1e-4 / 4]))
+    ff.pretrained_heads = ["a"]  # a replayed pretraining head moves at the backbone's lr
+    opt, _ = build_optimizer(ff, tc, cfg.finetune)
+    slow = backbone | {id(p) for p in ff.heads["a"].parameters()}
+    for g in opt.param_groups:
+        assert {id(p) in slow for p in g["params"]} == {g["initial_lr"] < 1e-3}
+    del ff.pretrained_heads
     for p in ff.backbone.parameters():
         p.requires_grad_(False)
     opt, _ = build_optimizer(ff, tc, cfg.finetune)

@@ -220,6 +220,8 @@ def finetune(cfg: Config, *, resume: bool = True, datasets: list[LoadedDataset] 
         model.backbone.load_state_dict(pre_model.backbone.state_dict())
         for d in old:
             model.heads[d.name].load_state_dict(pre_model.heads[d.name].state_dict())
+        # replayed heads train with the backbone's lr (train.optim.build_optimizer)
+        model.pretrained_heads = [d.name for d in old]
         candidates = energy_heads(pre_model)
         for d, graphs in zip(data.datasets, data.train, strict=True):
             if id(d) not in new_ids or d.config.task != "energy":

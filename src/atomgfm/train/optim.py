@@ -38,16 +38,19 @@ class BackboneWarmup(WarmupCosine):
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, finetune=None):
     """AdamW over the parameters that require gradients (frozen ones are left out) and its
-    warm-up + cosine schedule. With a ``finetune`` section (regime ``full``), the backbone's
+    warm-up + cosine schedule. With a ``finetune`` section (regime ``full``), the pretrained
     parameters get their own groups: lr × ``backbone_lr_multiplier``, ramped in over
-    ``backbone_warmup_steps``."""
+    ``backbone_warmup_steps``. They are the backbone's and those of the heads the model lists
+    in ``pretrained_heads`` (replayed pretraining heads: a fresh optimiser at the new heads' lr
+    would move a converged head by ~lr per step)."""
     split = (finetune is not None and finetune.regime == "full"
              and (finetune.backbone_lr_multiplier != 1.0 or finetune.backbone_warmup_steps > 0))
     groups: dict[tuple[bool, bool], list] = {}
+    slow = ("backbone.", *(f"heads.{h}." for h in getattr(model, "pretrained_heads", ())))
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        backbone = split and (name.startswith("backbone.") or ".backbone." in f".{name}")
+        backbone = split and any(f".{prefix}" in f".{name}" for prefix in slow)
         no_decay = p.ndim < 2 or "embedding" in name
         groups.setdefault((backbone, no_decay), []).append(p)
     param_groups, lambdas = [], []
