@@ -209,8 +209,6 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     if not isinstance(ft.head_init, str | dict):
         raise ConfigError(f"config.finetune.head_init: expected a string or a mapping, got "
                           f"{ft.head_init!r}")
-    if cfg.data.loader_workers < 0 or cfg.data.prefetch < 1:
-        raise ConfigError("config.data.loader_workers must be >= 0 and config.data.prefetch >= 1")
     from atomgfm.models.build import backbone_settings
 
     try:  # the backbone's typed settings: a wrong or unknown key is named now, not at build
