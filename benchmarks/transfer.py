@@ -139,7 +139,7 @@ def main() -> int:
     p.add_argument("--tasks", nargs="+", default=list(EF_TASKS + PROPERTY_TASKS))
     p.add_argument("--n-val", type=int, default=50)
     p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--scratch-lr", type=float, default=3e-3)
     p.add_argument("--backbone-lr", type=float, default=0.3)
     p.add_argument("--backbone-warmup", type=int, default=20)
