@@ -18,10 +18,13 @@ by ASE's EMT. Each model trains with its own stack's optimiser: ours ``train.opt
 (AdamW), SchNetPack's ``AtomisticTask`` default (Adam). Neither clips gradients or keeps an EMA.
 The two models alternate in ``--rounds`` rounds (the order flips every round) of ``--steps`` timed
 steps each, after one untimed step; printed: median and min–max of the rounds' mean ms/step, and
-the median and range of the per-round ratio SchNetPack / atomgfm. SchNetPack runs in the peer venv
-(``/tmp/peers``, PEERS.md); ``--no-peer`` times ours alone from the project venv. ``--profile``
+the median and range of the per-round ratio SchNetPack / atomgfm, for wall-clock time and for
+the process's CPU time (on a machine shared with other jobs, CPU time with ``--threads 1`` is the
+steadier measure; wall-clock time with 2 threads is the figure to quote from a quiet machine).
+SchNetPack runs in the peer venv (``/tmp/peers``, PEERS.md); ``--no-peer`` times ours alone from
+the project venv. ``--profile``
 adds our step's phases: forward (energy), the create_graph force backward, the loss, the loss
-backward (the double backward) and the optimiser step (median ms over the timed steps).
+backward (the double backward) and the optimiser step (median CPU ms over ``--steps`` steps).
 """
 
 from __future__ import annotations
@@ -176,22 +179,23 @@ class Ours:
         """The same step cut into phases (ForceField's forces-only path, spelled out)."""
         from atomgfm import keys as K
 
-        t = [time.perf_counter()]
+        clock = time.process_time  # CPU time: steadier than wall clock on a shared machine
+        t = [clock()]
         batch = dict(b)
         pos = batch[K.POSITIONS].detach().requires_grad_(True)
         batch[K.POSITIONS] = pos
         out = dict(self.model.model(batch))
-        t.append(time.perf_counter())
+        t.append(clock())
         (g,) = torch.autograd.grad(out[K.ENERGY].sum(), [pos], create_graph=True)
         out[K.FORCES] = -g
-        t.append(time.perf_counter())
+        t.append(clock())
         loss, _ = self.loss_fn(out, b, self.scales, self.weights)
-        t.append(time.perf_counter())
+        t.append(clock())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        t.append(time.perf_counter())
+        t.append(clock())
         self.optimizer.step()
-        t.append(time.perf_counter())
+        t.append(clock())
         names = ["forward", "force backward", "loss", "loss backward", "optimizer"]
         return {n: 1000 * (t[k + 1] - t[k]) for k, n in enumerate(names)}
 
@@ -248,17 +252,19 @@ class SchNetPackPaiNN:
         self.optimizer.step()
 
 
-def run_block(model, steps: int) -> float:
-    """One untimed step, then ``steps`` timed ones cycling through the batches: mean ms/step."""
+def run_block(model, steps: int) -> tuple[float, float]:
+    """One untimed step, then ``steps`` timed ones cycling through the batches: mean ms/step of
+    wall-clock time and of this process's CPU time (all threads)."""
     model.step(model.batches[0])
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for k in range(steps):
         model.step(model.batches[k % len(model.batches)])
-    return 1000 * (time.perf_counter() - t0) / steps
+    return (1000 * (time.perf_counter() - t0) / steps,
+            1000 * (time.process_time() - c0) / steps)
 
 
 def spread(values: list[float]) -> str:
-    return (f"{statistics.median(values):8.1f} ({min(values):.1f}–{max(values):.1f})")
+    return f"{statistics.median(values):8.1f} ({min(values):.1f}–{max(values):.1f})"
 
 
 def versus(args) -> None:
@@ -283,20 +289,23 @@ def versus(args) -> None:
         n_atoms = sum(len(a) for a in atoms) / len(atoms) * bs
         print(f"\n{name}: batches of {bs} ({n_atoms:.0f} atoms), "
               + ", ".join(f"{m.name} {m.n_params():,} parameters" for m in models))
-        times: dict[str, list[float]] = {m.name: [] for m in models}
+        times: dict[str, list[tuple[float, float]]] = {m.name: [] for m in models}
         for r in range(args.rounds):
             for m in models if r % 2 == 0 else models[::-1]:
                 times[m.name].append(run_block(m, steps))
-        for m in models:
-            print(f"  {m.name:<11} ms/step median (min–max over rounds) {spread(times[m.name])}")
-        if len(models) == 2:
-            ratios = [p / o for o, p in zip(times["atomgfm"], times["schnetpack"], strict=True)]
-            print(f"  ratio schnetpack/atomgfm per round: median {statistics.median(ratios):.2f} "
-                  f"({min(ratios):.2f}–{max(ratios):.2f})")
+        for kind, col in (("wall", 0), ("CPU", 1)):
+            for m in models:
+                print(f"  {m.name:<11} {kind:>4} ms/step median (min–max over rounds) "
+                      f"{spread([t[col] for t in times[m.name]])}")
+            if len(models) == 2:
+                ratios = [p[col] / o[col] for o, p in
+                          zip(times["atomgfm"], times["schnetpack"], strict=True)]
+                print(f"  {kind} ratio schnetpack/atomgfm per round: median "
+                      f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})")
         if args.profile:
             ours = models[0]
             rows = [ours.phases(ours.batches[k % len(ours.batches)]) for k in range(steps + 1)][1:]
-            print("  atomgfm phases, median ms: " + ", ".join(
+            print("  atomgfm phases, median CPU ms: " + ", ".join(
                 f"{k} {statistics.median(r[k] for r in rows):.1f}" for k in rows[0]))
     load = os.getloadavg()
     print(f"\nload average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
