@@ -215,9 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=400, help="structures per task")
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     for spec in generate_downstream(args.out, args.n, args.seed):
-        print(f"{spec['name']:<15} {spec['task']:<15} {spec['n_structures']:>5}  "
-              f"{spec['level_of_theory']}")
+        log.info("%-15s %-15s %5d  %s", spec["name"], spec["task"], spec["n_structures"],
+                 spec["level_of_theory"])
     return 0
 
 
