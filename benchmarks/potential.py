@@ -28,6 +28,13 @@ from atomgfm.simulate.monitors import StopRules
 from atomgfm.simulate.relax import RelaxSettings, run_relax
 
 
+def _ethanol():
+    """Neutral closed-shell ethanol: charge 0, multiplicity 1 (ASE's builder sets neither)."""
+    atoms = molecule("CH3CH2OH")
+    atoms.info.update(charge=0, spin=1)
+    return atoms
+
+
 def nve(checkpoint: str, steps: int) -> None:
     print(f"NVE, 300 K start, 1 fs, {steps} steps (drift: least-squares slope of E_tot/atom)")
     print("| system | atoms | precision | drift meV/atom/ps | max abs dE_tot meV/atom | "
@@ -35,7 +42,7 @@ def nve(checkpoint: str, steps: int) -> None:
     print("|---|---|---|---|---|---|---|")
     for name, make, head in (
             ("Cu3Au alloy 2x2x2", lambda: _l12(), "alloy_emt"),
-            ("ethanol", lambda: molecule("CH3CH2OH"), "auto")):
+            ("ethanol", _ethanol, "auto")):
         for precision in ("fp64", "fp32"):
             atoms = make()
             atoms.calc = Calculator(checkpoint, head=head, precision=precision, device="cpu",
