@@ -18,10 +18,11 @@ from atomgfm.config.schema import DataConfig, DatasetConfig
 from atomgfm.data.readers import read_structures
 from atomgfm.data.sources import load_datasets, prepare_data
 from atomgfm.data.store.manifest import Store, StoreError
-from atomgfm.data.store.shard import ShardError, ShardReader
+from atomgfm.data.store.shard import ShardError
 from atomgfm.data.store.splits import content_hash, hash_split
 from atomgfm.data.store.writer import PreprocessInterrupted, preprocess
 from atomgfm.testing.fixtures import emt_bulk, emt_clusters
+from atomgfm.testing.store import assert_store_round_trip
 from atomgfm.units import energy_factor, length_factor
 
 pytest.importorskip("adios2")
@@ -185,42 +186,13 @@ def _cfg(paths, name="set", **kw) -> DataConfig:
 @pytest.mark.parametrize("kind", sorted(SOURCES))
 def test_round_trip_file_store_graph_source_identical(tmp_path, kind):
     """Records read back from the store are the reader's records (units converted), and the
-    graph source gives exactly the graphs the file path builds."""
+    graph source gives exactly the graphs the file path builds (the SPICE, Transition1x and
+    MPtrj layouts: tests/data/test_store_corpus_round_trip.py)."""
     path, extras = SOURCES[kind](tmp_path, labelled())
-    cfg = _cfg([path], extras=extras)
-    result = read_structures(path, dataset="set", **{k: v for k, v in extras.items()})
-    ref = result.structures
-    preprocess(cfg, CUTOFF, tmp_path / "store", shard_size=5, progress=False)
-    store = Store.open(tmp_path / "store")
-    back = []
-    for shard in store.shards:
-        reader = ShardReader(store.shard_path(shard["name"]))
-        back.extend(reader.structure(r) for r in range(shard["n"]))
-        reader.close()
-    assert len(back) == len(ref) and len(store.shards) == -(-len(ref) // 5)
-    for a, b in zip(ref, back, strict=True):
-        assert np.array_equal(a.numbers, b.numbers) and np.array_equal(a.positions, b.positions)
-        assert np.array_equal(a.cell, b.cell) and np.array_equal(a.pbc, b.pbc)
-        assert (a.charge, a.spin, a.energy) == (b.charge, b.spin, b.energy)
-        for name in ("forces", "stress"):
-            x, y = getattr(a, name), getattr(b, name)
-            assert (x is None and y is None) or np.array_equal(x, y)
+    back = assert_store_round_trip(path, tmp_path, CUTOFF, **extras)
     molecules = kind in ("md17", "ani1x")  # one-molecule corpora: neutral, no stress
     assert any(s.stress is not None for s in back) or molecules
     assert {s.charge for s in back} != {0.0} or molecules
-    store_skips = Store.open(tmp_path / "store").datasets[0]["skipped"]
-    assert store_skips == ([str(result.skipped)] if result.skipped.total else [])
-    files = prepare_data(cfg, CUTOFF, progress=False)
-    streamed = prepare_data(dataclasses.replace(cfg, store=str(tmp_path / "store")), CUTOFF,
-                            progress=False)
-    for f_src, s_src in zip(files.train + files.val, streamed.train + streamed.val, strict=True):
-        assert np.array_equal(f_src.n_atoms, s_src.n_atoms)
-        assert np.array_equal(f_src.n_edges, s_src.n_edges)
-        for i in range(len(f_src)):
-            g, h = f_src[i], s_src[i]
-            assert set(g) == set(h)
-            for key in g:
-                assert g[key].dtype == h[key].dtype and np.array_equal(g[key], h[key]), key
 
 
 def test_store_and_files_same_splits_references_and_stats(tmp_path):
