@@ -36,6 +36,7 @@ from atomgfm.simulate.monitors import (
     read_log,
     truncate_log,
 )
+from atomgfm.simulate.trajectory import open_trajectory, resume_frame
 
 logger = logging.getLogger(__name__)
 
@@ -128,19 +129,9 @@ def _dynamics(atoms, s: MDSettings, start_step: int):
 def _resume_from(atoms, trajectory: Path | None, log_path: Path | None) -> tuple[int, float | None]:
     """Load the last frame of ``trajectory`` into ``atoms``: the step it was written at, and the
     total energy of the run's first logged step (None without a log)."""
-    from ase.io.trajectory import Trajectory
-
-    if trajectory is None or not trajectory.exists() or not trajectory.stat().st_size:
+    last = resume_frame(atoms, trajectory)
+    if last is None:
         return 0, None
-    with Trajectory(str(trajectory)) as tr:
-        if not len(tr):
-            return 0, None
-        last = tr[-1]
-    if len(last) != len(atoms) or (last.numbers != atoms.numbers).any():
-        raise ValueError(f"{trajectory}: its atoms differ from the input structure; cannot "
-                         "resume (choose another trajectory or drop --resume)")
-    atoms.set_cell(last.cell)
-    atoms.set_positions(last.positions)
     atoms.set_momenta(last.get_momenta())
     step = int(last.info.get("md_step", 0))
     etot0 = None
@@ -155,7 +146,6 @@ def run_md(atoms, settings: MDSettings, trajectory: str | Path | None = None,
            log: str | Path | None = None, progress: bool = True,
            resume: bool = False) -> MDResult:
     """Run MD on ``atoms`` (its ``calc`` set); see the module docstring."""
-    from ase.io.trajectory import Trajectory
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
 
     s = settings
@@ -171,9 +161,7 @@ def run_md(atoms, settings: MDSettings, trajectory: str | Path | None = None,
         if not atoms.pbc.any():
             ZeroRotation(atoms)
     dyn = _dynamics(atoms, s, start)
-    if traj_path:
-        traj_path.parent.mkdir(parents=True, exist_ok=True)
-    traj = Trajectory(str(traj_path), "a" if start else "w", atoms) if traj_path else None
+    traj = open_trajectory(traj_path, atoms, append=bool(start))
     runlog = RunLog(log_path, MD_FIELDS, append=bool(start))
     n = len(atoms)
     records: list[dict] = []

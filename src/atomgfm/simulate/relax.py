@@ -24,6 +24,7 @@ from ase import units
 from tqdm.auto import tqdm
 
 from atomgfm.simulate.monitors import RunLog, StopRules, observe
+from atomgfm.simulate.trajectory import open_trajectory, resume_frame
 
 logger = logging.getLogger(__name__)
 
@@ -84,28 +85,11 @@ class RelaxResult:
                 f"force {self.fmax_eV_A:.3g} eV/Å{stress}")
 
 
-def _resume_from(atoms, trajectory: Path | None) -> None:
-    from ase.io.trajectory import Trajectory
-
-    if trajectory is None or not trajectory.exists() or not trajectory.stat().st_size:
-        return
-    with Trajectory(str(trajectory)) as tr:
-        if not len(tr):
-            return
-        last = tr[-1]
-    if len(last) != len(atoms) or (last.numbers != atoms.numbers).any():
-        raise ValueError(f"{trajectory}: its atoms differ from the input structure; cannot "
-                         "resume (choose another trajectory or drop --resume)")
-    atoms.set_cell(last.cell)
-    atoms.set_positions(last.positions)
-
-
 def run_relax(atoms, settings: RelaxSettings, trajectory: str | Path | None = None,
               log: str | Path | None = None, progress: bool = True,
               resume: bool = False) -> RelaxResult:
     """Relax ``atoms`` (its ``calc`` set) in place; see the module docstring."""
     from ase.filters import FrechetCellFilter
-    from ase.io.trajectory import Trajectory
     from ase.optimize import BFGS, FIRE
 
     s = settings
@@ -116,13 +100,11 @@ def run_relax(atoms, settings: RelaxSettings, trajectory: str | Path | None = No
         raise ValueError("cell relaxation needs a structure periodic in all three directions")
     traj_path = Path(trajectory) if trajectory else None
     if resume:
-        _resume_from(atoms, traj_path)
+        resume_frame(atoms, traj_path)
     target = (FrechetCellFilter(atoms, scalar_pressure=s.pressure_GPa * units.GPa)
               if s.cell else atoms)
     opt = (FIRE if s.optimizer == "fire" else BFGS)(target, logfile=None)
-    if traj_path:
-        traj_path.parent.mkdir(parents=True, exist_ok=True)
-    traj = Trajectory(str(traj_path), "a" if resume else "w", atoms) if traj_path else None
+    traj = open_trajectory(traj_path, atoms, append=resume)
     runlog = RunLog(log, RELAX_FIELDS, append=resume)
     records: list[dict] = []
     stopped, converged, step = None, False, 0
