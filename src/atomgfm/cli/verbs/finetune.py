@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from atomgfm.cli.verbs.train import add_run_arguments, apply_run_arguments
+
 HELP = "fine-tune a pretrained checkpoint on new datasets (scratch | frozen | full)"
 ORDER = 25
 
@@ -11,9 +13,7 @@ def add_arguments(p) -> None:
     p.add_argument("--checkpoint", help="override finetune.checkpoint")
     p.add_argument("--regime", choices=["scratch", "frozen", "full"],
                    help="override finetune.regime")
-    p.add_argument("--out-dir", help="override train.out_dir")
-    p.add_argument("--max-steps", type=int, help="override train.max_steps")
-    p.add_argument("--restart", action="store_true", help="ignore out_dir/last.pt, start over")
+    add_run_arguments(p)
 
 
 def run(args) -> int:
@@ -24,10 +24,7 @@ def run(args) -> int:
         cfg.finetune.checkpoint = args.checkpoint
     if args.regime:
         cfg.finetune.regime = args.regime
-    if args.out_dir:
-        cfg.train.out_dir = args.out_dir
-    if args.max_steps:
-        cfg.train.max_steps = args.max_steps
+    apply_run_arguments(cfg, args)
     result = finetune(cfg, resume=not args.restart)
     for name, init in result.head_init.items():
         print(f"head {name}: initialised from {init['from']}")

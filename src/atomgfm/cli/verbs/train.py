@@ -14,9 +14,23 @@ ORDER = 20
 
 def add_arguments(p) -> None:
     p.add_argument("config")
+    add_run_arguments(p)
+
+
+def add_run_arguments(p) -> None:
+    """The options of a training run (``train``, ``finetune``): where, how long, resume or not."""
     p.add_argument("--out-dir", help="override train.out_dir")
     p.add_argument("--max-steps", type=int, help="override train.max_steps")
     p.add_argument("--restart", action="store_true", help="ignore out_dir/last.pt, start over")
+
+
+def apply_run_arguments(cfg, args) -> None:
+    """``--out-dir`` and ``--max-steps``, where given, into ``cfg.train`` (``--restart`` is the
+    caller's ``resume=not args.restart``)."""
+    if args.out_dir:
+        cfg.train.out_dir = args.out_dir
+    if args.max_steps:
+        cfg.train.max_steps = args.max_steps
 
 
 def run(args) -> int:
@@ -26,10 +40,7 @@ def run(args) -> int:
     from atomgfm.train.loop import Trainer
 
     cfg = load_config(args.config)
-    if args.out_dir:
-        cfg.train.out_dir = args.out_dir
-    if args.max_steps:
-        cfg.train.max_steps = args.max_steps
+    apply_run_arguments(cfg, args)
     env = launch_env()  # None unless started by torchrun
     if env is None:
         trainer = Trainer.from_config(cfg, resume=not args.restart)
