@@ -144,10 +144,10 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = Non
     error, per dataset (:mod:`atomgfm.inference.calibration`). ``precision`` (fp64, fp32,
     bf16) overrides the precision the checkpoint was trained in."""
     from atomgfm.config.schema import config_from_dict
-    from atomgfm.inference.plots import parity_plots
     from atomgfm.models.checkpoint import load_model
 
     model, state = load_model(checkpoint)
+    out_dir = Path(out_dir) if out_dir else Path(checkpoint).parent / "eval"
     cfg = config_from_dict(state["config"])
     if precision is not None:
         param_dtype(precision)  # a clear error for an unknown name
@@ -171,22 +171,11 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = Non
     names = [d["name"] for d in sorted(state["datasets"], key=lambda d: d["id"])]
     by_name = {d.name: d for d in datasets}
     datasets = [by_name[n] for n in names if n in by_name]
-    dev = resolve_device(device)
     precision = cfg.train.precision
-    model = model.to(dev, param_dtype(precision))
-    cutoff = model.cutoff
-    sets = [build_graphs(d.split(split), cutoff, stored[d.name]["id"], needs=model.backbone.needs,
-                         progress=False) for d in datasets]
-    acc = evaluate_graphs(model, sets, names, precision=precision, device=dev,
-                          dtype=param_dtype(precision), keep_values=True)
-    metrics = acc.compute()
-    out_dir = Path(out_dir) if out_dir else Path(checkpoint).parent / "eval"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plots = parity_plots(acc, out_dir)
-    table = metrics_table(datasets, metrics, split)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out_dir / "metrics.md").write_text(table + "\n")
-    ev = Evaluation(metrics, table, plots, state.get("step"), split)
+    sets = [build_graphs(d.split(split), model.cutoff, stored[d.name]["id"],
+                         needs=model.backbone.needs, progress=False) for d in datasets]
+    ev = _evaluate_and_write(model, sets, names, device, precision, out_dir, split,
+                             state.get("step"), datasets=datasets)
     if calibration:
         from atomgfm.inference.calibration import calibrate, write_calibration
         from atomgfm.inference.spread import SpreadPredictor
@@ -202,27 +191,37 @@ def _evaluate_store(checkpoint, model, state, cfg, out_dir, split: str, device: 
     """``evaluate_checkpoint`` for a model trained from a store: the same store, its stored
     split, streamed."""
     from atomgfm.data.sources import prepare_data
-    from atomgfm.inference.plots import parity_plots
 
     data = prepare_data(cfg.data, model.cutoff, progress=False, needs=model.backbone.needs)
     names = [d["name"] for d in sorted(state["datasets"], key=lambda d: d["id"])]
     if data.names != names:
         raise ValueError(f"{checkpoint}: trained on datasets {names}, the store gives "
                          f"{data.names}")
-    dev = resolve_device(device)
-    precision = cfg.train.precision
-    model = model.to(dev, param_dtype(precision))
     sets = data.val if split == "val" else data.train
+    return _evaluate_and_write(model, sets, names, device, cfg.train.precision, out_dir, split,
+                               state.get("step"), table=data.table)
+
+
+def _evaluate_and_write(model, sets: list[GraphSource], names: list[str], device: str,
+                        precision: str, out_dir: Path, split: str, step: int | None, *,
+                        datasets: list[LoadedDataset] | None = None,
+                        table: list[dict] | None = None) -> Evaluation:
+    """Move ``model`` to ``device`` in ``precision``, evaluate it on the graph ``sets`` and write
+    ``metrics.json``, ``metrics.md`` (:func:`metrics_table` of the loaded ``datasets``, or of the
+    dataset ``table`` with ``sets`` as its sources) and the parity plots to ``out_dir``."""
+    from atomgfm.inference.plots import parity_plots
+
+    dev = resolve_device(device)
+    model = model.to(dev, param_dtype(precision))
     acc = evaluate_graphs(model, sets, names, precision=precision, device=dev,
                           dtype=param_dtype(precision), keep_values=True)
     metrics = acc.compute()
-    out_dir = Path(out_dir) if out_dir else Path(checkpoint).parent / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = parity_plots(acc, out_dir)
-    table = metrics_table(None, metrics, split, table=data.table, sources=sets)
+    text = metrics_table(datasets, metrics, split, table=table, sources=sets)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out_dir / "metrics.md").write_text(table + "\n")
-    return Evaluation(metrics, table, plots, state.get("step"), split)
+    (out_dir / "metrics.md").write_text(text + "\n")
+    return Evaluation(metrics, text, plots, step, split)
 
 
 @dataclass
