@@ -33,6 +33,7 @@ from atomgfm.data.readers.base import Omitted, ReadOptions, RecordError, Records
 from atomgfm.data.readers.corpus import (
     fail_all,
     h5_dataset,
+    h5_frame_count,
     h5_peek,
     make_structure,
     native_factors,
@@ -68,8 +69,7 @@ def ani1x_records(path: str, options: ReadOptions, format: str | None = None) ->
                                     "hold one group per formula", "malformed group")
                 index += 1
                 continue
-            n_conf = grp["coordinates"].shape[0] if isinstance(
-                grp.get("coordinates"), h5py.Dataset) and grp["coordinates"].ndim == 3 else 1
+            n_conf = h5_frame_count(grp, "coordinates")
             try:
                 arrays = _group_arrays(grp, energy_key, forces_key, options.forces_key is not None)
             except ValueError as exc:

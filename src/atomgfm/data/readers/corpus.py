@@ -7,7 +7,8 @@
   error naming the file, the option and what it takes.
 - :func:`make_structure`: a validated :class:`Structure` whose errors end with the record's place
   in the corpus (an HDF5 group path and frame, an ``mp_id``/``frame_id``).
-- :func:`open_h5` / :func:`h5_dataset`: HDF5 access with one-line errors naming file and group.
+- :func:`open_h5` / :func:`h5_dataset`: HDF5 access with one-line errors naming file and group;
+  :func:`h5_frame_count`: how many records a (possibly broken) group of frames stands for.
 """
 
 from __future__ import annotations
@@ -116,6 +117,16 @@ def h5_dataset(group, key: str, ndim: int | None = None, *, optional: bool = Fal
         raise ValueError(f"dataset {key!r} has shape {np.shape(value)}, expected {ndim} "
                          "dimensions")
     return value
+
+
+def h5_frame_count(group, key: str) -> int:
+    """The number of frames of ``group[key]`` when it is a 3-D dataset (frames, atoms, 3), else 1
+    (``group`` is not a group, or ``key`` is missing or malformed): how many failing records a
+    group that cannot be read stands for."""
+    import h5py
+
+    obj = group.get(key) if isinstance(group, h5py.Group) else None
+    return obj.shape[0] if isinstance(obj, h5py.Dataset) and obj.ndim == 3 else 1
 
 
 def h5_peek(path: str) -> tuple[list[str], list[str]] | None:

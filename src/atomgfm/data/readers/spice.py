@@ -37,6 +37,7 @@ from atomgfm.data.readers.base import ReaderError, ReadOptions, Records, reader
 from atomgfm.data.readers.corpus import (
     fail_all,
     h5_dataset,
+    h5_frame_count,
     h5_peek,
     make_structure,
     native_factors,
@@ -112,8 +113,7 @@ def spice_records(path: str, options: ReadOptions, format: str | None = None) ->
         for name in f:
             grp = f[name]
             note = f" (group /{name})"
-            conf = grp.get("conformations") if isinstance(grp, h5py.Group) else None
-            n_conf = conf.shape[0] if isinstance(conf, h5py.Dataset) and conf.ndim == 3 else 1
+            n_conf = h5_frame_count(grp, "conformations")
             try:
                 mol = _molecule(grp, energy_key, gradient_key, h5py)
             except ValueError as exc:
