@@ -26,6 +26,18 @@ def _strain(atoms: Atoms, rng: np.random.Generator, amount: float) -> None:
     atoms.set_cell(atoms.cell[:] @ (np.eye(3) + 0.5 * (eps + eps.T)), scale_atoms=True)
 
 
+def strain_and_rattle(atoms: Atoms, rng: np.random.Generator, strain: float,
+                      sigma: tuple[float, float], spin: int, config_type: str) -> Atoms:
+    """The last steps of every random cell: a random symmetric strain of up to ``strain``, a
+    Gaussian rattle with a standard deviation drawn from ``sigma`` (Å), positions wrapped into the
+    cell and snapped; ``atoms.info`` neutral, ``spin`` and ``config_type``."""
+    _strain(atoms, rng, strain)
+    atoms.positions += rng.normal(0.0, rng.uniform(*sigma), atoms.positions.shape)
+    atoms.wrap()
+    atoms.info = {"charge": 0, "spin": spin, "config_type": config_type}
+    return snap_positions(atoms)
+
+
 def random_alloy(rng: np.random.Generator, lattice_jitter: float = 0.04,
                  strain: float = 0.02, sigma: tuple[float, float] = (0.05, 0.1)) -> Atoms:
     """A random fcc or bcc alloy of 1-3 EMT elements with 2-32 atoms.
@@ -46,11 +58,8 @@ def random_alloy(rng: np.random.Generator, lattice_jitter: float = 0.04,
     a = a_fcc if lattice == "fcc" else a_fcc * 0.5 ** (1 / 3)
     atoms.set_cell(atoms.cell[:] * a * rng.uniform(1 - lattice_jitter, 1 + lattice_jitter),
                    scale_atoms=True)
-    _strain(atoms, rng, strain)
-    atoms.positions += rng.normal(0.0, rng.uniform(*sigma), atoms.positions.shape)
-    atoms.wrap()
-    atoms.info = {"charge": 0, "spin": 0, "config_type": f"{lattice}{len(atoms)}"}
-    return snap_positions(atoms)
+    return strain_and_rattle(atoms, rng, strain, sigma, spin=0,
+                             config_type=f"{lattice}{len(atoms)}")
 
 
 def _perovskite(a_site: str, b_site: str, a: float) -> Atoms:
@@ -85,8 +94,5 @@ def random_inorganic(rng: np.random.Generator, lattice_jitter: float = 0.03,
     build, repeats = INORGANIC[name]
     atoms = build(rng.uniform(1 - lattice_jitter, 1 + lattice_jitter))
     atoms = atoms * repeats[rng.integers(len(repeats))]
-    _strain(atoms, rng, strain)
-    atoms.positions += rng.normal(0.0, rng.uniform(*sigma), atoms.positions.shape)
-    atoms.wrap()
-    atoms.info = {"charge": 0, "spin": 1, "config_type": name}  # closed-shell xTB singlet
-    return snap_positions(atoms)
+    return strain_and_rattle(atoms, rng, strain, sigma, spin=1,  # closed-shell xTB singlet
+                             config_type=name)

@@ -34,11 +34,12 @@ from ase.collections import g2, s22
 from ase.io import write
 
 from atomgfm.demo.corpus import _emt_label, _generate, _openmp_threads, _xtb_label
-from atomgfm.demo.crystals import EMT_FCC_A, _strain
+from atomgfm.demo.crystals import EMT_FCC_A, strain_and_rattle
 from atomgfm.demo.molecules import (
     ORGANIC,
     attach_labels,
     molecule_pool,
+    perturb_molecule,
     random_geometry,
     sample_species,
     snap_positions,
@@ -65,13 +66,7 @@ def _rattled_molecule(atoms: Atoms, rng: np.random.Generator,
     """±3 % breathing, a rattle and a random rotation (no atoms closer than 0.7 Å)."""
     for _ in range(20):
         a = atoms.copy()
-        centre = a.positions.mean(axis=0)
-        a.positions = centre + (a.positions - centre) * rng.uniform(0.97, 1.03)
-        a.positions += rng.normal(0.0, rng.uniform(*sigma), a.positions.shape)
-        q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
-        a.positions = (a.positions - a.positions.mean(axis=0)) @ q.T
-        d = np.linalg.norm(a.positions[:, None] - a.positions[None], axis=-1)
-        if d[np.triu_indices(len(a), 1)].min() > 0.7:
+        if perturb_molecule(a, rng, sigma):
             return snap_positions(a)
     raise RuntimeError(f"could not build a sane geometry for {atoms.get_chemical_formula()}")
 
@@ -119,11 +114,7 @@ def new_crystal(rng: np.random.Generator, lattice_jitter: float = 0.03, strain: 
         a0 = np.mean([EMT_FCC_A[s] for s in atoms.get_chemical_symbols()])
     atoms.set_cell(atoms.cell[:] * a0 * rng.uniform(1 - lattice_jitter, 1 + lattice_jitter),
                    scale_atoms=True)
-    _strain(atoms, rng, strain)
-    atoms.positions += rng.normal(0.0, rng.uniform(*sigma), atoms.positions.shape)
-    atoms.wrap()
-    atoms.info = {"charge": 0, "spin": 0, "config_type": f"{kind}{len(atoms)}"}
-    return snap_positions(atoms)
+    return strain_and_rattle(atoms, rng, strain, sigma, spin=0, config_type=f"{kind}{len(atoms)}")
 
 
 @cache

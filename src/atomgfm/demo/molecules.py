@@ -148,15 +148,23 @@ def random_geometry(species: Species, rng: np.random.Generator,
         atoms = species.build()
         for _ in range(int(rng.integers(0, 3))):
             _rotate_torsion(atoms, rng)
-        centre = atoms.positions.mean(axis=0)
-        atoms.positions = centre + (atoms.positions - centre) * rng.uniform(0.97, 1.03)
-        atoms.positions += rng.normal(0.0, rng.uniform(*sigma), atoms.positions.shape)
-        q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
-        atoms.positions = (atoms.positions - atoms.positions.mean(axis=0)) @ q.T
-        d = np.linalg.norm(atoms.positions[:, None] - atoms.positions[None], axis=-1)
-        if len(atoms) == 1 or d[np.triu_indices(len(atoms), 1)].min() > 0.7:
+        if perturb_molecule(atoms, rng, sigma):
             return snap_positions(atoms)
     raise RuntimeError(f"could not build a sane geometry for {species}")
+
+
+def perturb_molecule(atoms: Atoms, rng: np.random.Generator,
+                     sigma: tuple[float, float] = (0.03, 0.08)) -> bool:
+    """In place: a +-3 % breathing about the centre, a Gaussian rattle (standard deviation drawn
+    from ``sigma``, Å) and a random rotation. Whether the geometry is sane: every two atoms still
+    more than 0.7 Å apart."""
+    centre = atoms.positions.mean(axis=0)
+    atoms.positions = centre + (atoms.positions - centre) * rng.uniform(0.97, 1.03)
+    atoms.positions += rng.normal(0.0, rng.uniform(*sigma), atoms.positions.shape)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    atoms.positions = (atoms.positions - atoms.positions.mean(axis=0)) @ q.T
+    d = np.linalg.norm(atoms.positions[:, None] - atoms.positions[None], axis=-1)
+    return len(atoms) == 1 or d[np.triu_indices(len(atoms), 1)].min() > 0.7
 
 
 def snap_positions(atoms: Atoms) -> Atoms:
