@@ -4,35 +4,23 @@ from __future__ import annotations
 
 import json
 
-import ase.io
 import pytest
-import yaml
-from ase.calculators.emt import EMT
 
 from atomgfm.cli.main import main
 from atomgfm.config.schema import load_config
 from atomgfm.inference.evaluate import evaluate_checkpoint
-from atomgfm.testing.fixtures import emt_bulk, emt_clusters
+from atomgfm.testing.fixtures import write_emt_run_config
 from atomgfm.train.loop import Trainer
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("prec")
-    for name, atoms in (("bulk", emt_bulk(10, 0)), ("clusters", emt_clusters(8, 1))):
-        for a in atoms:
-            a.calc = EMT()
-            a.get_potential_energy(), a.get_forces()
-        ase.io.write(root / f"{name}.extxyz", atoms, format="extxyz")
-    cfg = {"data": {"max_atoms_per_batch": 24, "val_fraction": 0.3,
-                    "datasets": [{"name": "bulk", "path": "bulk.extxyz", "level_of_theory": "EMT"},
-                                 {"name": "clusters", "path": "clusters.extxyz",
-                                  "level_of_theory": "EMT"}]},
-           "model": {"preset": "S", "backbone_kwargs": {"cutoff": 4.0}},
-           "train": {"out_dir": str(root / "run"), "max_steps": 2, "eval_every": 2,
-                     "progress": False, "precision": "fp32", "device": "cpu"}}
-    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
-    Trainer.from_config(load_config(root / "config.yaml")).fit()
+    config = write_emt_run_config(
+        root, 10, 8, data={"max_atoms_per_batch": 24, "val_fraction": 0.3},
+        train={"out_dir": str(root / "run"), "max_steps": 2, "eval_every": 2, "progress": False,
+               "precision": "fp32", "device": "cpu"})
+    Trainer.from_config(load_config(config)).fit()
     return root / "run" / "best.pt"
 
 

@@ -14,12 +14,10 @@ from ase.io import read, write
 
 from atomgfm.calculators.ase_calculator import Calculator
 from atomgfm.cli.main import main
-from atomgfm.config.schema import config_from_dict
 from atomgfm.simulate.md import MDSettings, run_md
 from atomgfm.simulate.monitors import StopRules, read_log
 from atomgfm.simulate.relax import RelaxSettings, run_relax
-from atomgfm.testing.fixtures import emt_clusters, tiny_datasets
-from atomgfm.train.loop import Trainer
+from atomgfm.testing.fixtures import emt_clusters, train_tiny_model
 
 # Bounds on |drift| (least-squares slope of E_tot per atom) over 200 steps of 1 fs at 300 K with a
 # tiny smooth model; measured ~1e-3 meV/atom/ps in both precisions.
@@ -28,15 +26,7 @@ DRIFT_BOUND = {"fp64": 0.05, "fp32": 0.5}  # meV/atom/ps
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    cfg = config_from_dict({
-        "model": {"backbone_kwargs": {"num_features": 8, "num_layers": 1, "cutoff": 4.0,
-                                      "num_rbf": 4}},
-        "data": {"max_atoms_per_batch": 48},
-        "train": {"out_dir": str(out), "max_steps": 3, "eval_every": 3, "warmup_steps": 1,
-                  "progress": False}})
-    Trainer.from_config(cfg, tiny_datasets(n_bulk=8, n_clusters=4)).fit()
-    return str(out / "last.pt")
+    return str(train_tiny_model(tmp_path_factory.mktemp("run"), steps=3))
 
 
 def _cell():

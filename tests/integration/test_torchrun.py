@@ -12,13 +12,10 @@ import subprocess
 import sys
 import time
 
-import ase.io
 import pytest
-import yaml
-from ase.calculators.emt import EMT
 
 from atomgfm.telemetry.recorder import read_telemetry
-from atomgfm.testing.fixtures import emt_bulk, emt_clusters
+from atomgfm.testing.fixtures import write_emt_run_config
 
 pytestmark = pytest.mark.slow
 STEPS, EVAL = 40, 20
@@ -27,19 +24,10 @@ STEPS, EVAL = 40, 20
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):
     root = tmp_path_factory.mktemp("torchrun")
-    for name, atoms in (("bulk", emt_bulk(12, 0)), ("clusters", emt_clusters(8, 1))):
-        for a in atoms:
-            a.calc = EMT()
-            a.get_potential_energy(), a.get_forces()
-        ase.io.write(root / f"{name}.extxyz", atoms, format="extxyz")
-    cfg = {"data": {"max_atoms_per_batch": 12, "val_fraction": 0.25,
-                    "datasets": [{"name": "bulk", "path": "bulk.extxyz", "level_of_theory": "EMT"},
-                                 {"name": "clusters", "path": "clusters.extxyz",
-                                  "level_of_theory": "EMT"}]},
-           "model": {"preset": "S", "backbone_kwargs": {"cutoff": 4.0}},
-           "train": {"out_dir": str(root / "full"), "max_steps": STEPS, "eval_every": EVAL,
-                     "log_every": 1, "precision": "fp64", "device": "cpu", "ema_decay": None}}
-    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
+    write_emt_run_config(
+        root, 12, 8, data={"max_atoms_per_batch": 12, "val_fraction": 0.25},
+        train={"out_dir": str(root / "full"), "max_steps": STEPS, "eval_every": EVAL,
+               "log_every": 1, "precision": "fp64", "device": "cpu", "ema_decay": None})
     return root
 
 

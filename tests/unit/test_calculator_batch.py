@@ -11,21 +11,12 @@ import pytest
 from ase.build import bulk
 
 from atomgfm.calculators.ase_calculator import Calculator
-from atomgfm.config.schema import config_from_dict
 from atomgfm.inference.spread import _deviation
-from atomgfm.testing.fixtures import emt_bulk, emt_clusters, tiny_datasets
-from atomgfm.train.loop import Trainer
+from atomgfm.testing.fixtures import emt_bulk, emt_clusters, tiny_datasets, train_tiny_model
 
 
 def _train(out, datasets, seed=0):
-    cfg = config_from_dict({
-        "model": {"backbone_kwargs": {"num_features": 8, "num_layers": 1, "cutoff": 4.0,
-                                      "num_rbf": 4}},
-        "data": {"max_atoms_per_batch": 48},
-        "train": {"out_dir": str(out), "max_steps": 3, "eval_every": 3, "warmup_steps": 1,
-                  "progress": False, "seed": seed}})
-    Trainer.from_config(cfg, datasets).fit()
-    return str(out / "last.pt")
+    return str(train_tiny_model(out, datasets, steps=3, seed=seed))
 
 
 @pytest.fixture(scope="module")

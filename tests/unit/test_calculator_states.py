@@ -14,11 +14,9 @@ from atomgfm.calculators.ase_calculator import (
     UntrainedStateWarning,
     atoms_to_structure,
 )
-from atomgfm.config.schema import config_from_dict
 from atomgfm.data.structure import Structure, StructureError
 from atomgfm.models.checkpoint import read_checkpoint, save_checkpoint
-from atomgfm.testing.fixtures import tiny_datasets
-from atomgfm.train.loop import Trainer
+from atomgfm.testing.fixtures import train_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +24,7 @@ def trained(tmp_path_factory):
     """A tiny model trained for two steps on EMT fixtures (all records: charge 0, spin not
     given), plus variants of its checkpoint with edited dataset registries."""
     out = tmp_path_factory.mktemp("run")
-    cfg = config_from_dict({
-        "model": {"backbone_kwargs": {"num_features": 8, "num_layers": 1, "cutoff": 4.0,
-                                      "num_rbf": 4}},
-        "data": {"max_atoms_per_batch": 48},
-        "train": {"out_dir": str(out), "max_steps": 2, "eval_every": 2, "warmup_steps": 1,
-                  "progress": False}})
-    Trainer.from_config(cfg, tiny_datasets(n_bulk=8, n_clusters=4)).fit()
+    train_tiny_model(out)
     state = read_checkpoint(out / "last.pt")
     assert state["datasets"][0]["name"] == "bulk" and state["datasets"][0]["states"] == [(0, 0)]
     paths = {"trained": out / "last.pt"}

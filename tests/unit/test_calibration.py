@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from atomgfm.config.schema import config_from_dict
 from atomgfm.inference.calibration import (
     binned,
     calibrate,
@@ -15,8 +14,7 @@ from atomgfm.inference.calibration import (
     write_calibration,
 )
 from atomgfm.inference.spread import SpreadPredictor
-from atomgfm.testing.fixtures import emt_clusters, tiny_datasets, to_structures
-from atomgfm.train.loop import Trainer
+from atomgfm.testing.fixtures import emt_clusters, to_structures, train_tiny_model
 
 
 def test_spearman_by_hand():
@@ -41,14 +39,7 @@ def test_binned_by_hand():
 
 
 def test_calibrate_matches_direct_predictions(tmp_path):
-    cfg = config_from_dict({
-        "model": {"backbone_kwargs": {"num_features": 8, "num_layers": 1, "cutoff": 4.0,
-                                      "num_rbf": 4}},
-        "data": {"max_atoms_per_batch": 48},
-        "train": {"out_dir": str(tmp_path), "max_steps": 2, "eval_every": 2, "warmup_steps": 1,
-                  "progress": False}})
-    Trainer.from_config(cfg, tiny_datasets(n_bulk=8, n_clusters=4)).fit()
-    ckpt = str(tmp_path / "last.pt")
+    ckpt = str(train_tiny_model(tmp_path))
     sp = SpreadPredictor.from_checkpoints([ckpt], device="cpu", precision="fp64")
     held_out = to_structures(emt_clusters(5, seed=11, size=4), "clusters")
     held_out[0].forces = None  # no force label: skipped and counted

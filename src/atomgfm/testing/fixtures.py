@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from ase import Atoms
 from ase.build import bulk
@@ -62,6 +64,51 @@ def tiny_datasets(n_bulk: int = 24, n_clusters: int = 12, seed: int = 0) -> list
                                  [structures[i] for i in va], fit_references(train, name),
                                  provenance="fixture"))
     return out
+
+
+def train_tiny_model(out_dir: str | Path, datasets: list[LoadedDataset] | None = None,
+                     steps: int = 2, seed: int = 0) -> Path:
+    """Train a tiny model (8 features, 1 layer, cutoff 4 Å, 4 radial functions) for ``steps``
+    steps on ``datasets`` (default: ``tiny_datasets(n_bulk=8, n_clusters=4)``) into ``out_dir``;
+    returns the path of its ``last.pt``."""
+    from atomgfm.config.schema import config_from_dict
+    from atomgfm.train.loop import Trainer
+
+    cfg = config_from_dict({
+        "model": {"backbone_kwargs": {"num_features": 8, "num_layers": 1, "cutoff": 4.0,
+                                      "num_rbf": 4}},
+        "data": {"max_atoms_per_batch": 48},
+        "train": {"out_dir": str(out_dir), "max_steps": steps, "eval_every": steps,
+                  "warmup_steps": 1, "progress": False, "seed": seed}})
+    if datasets is None:
+        datasets = tiny_datasets(n_bulk=8, n_clusters=4)
+    Trainer.from_config(cfg, datasets).fit()
+    return Path(out_dir) / "last.pt"
+
+
+def write_emt_run_config(root: str | Path, n_bulk: int, n_clusters: int, *, data: dict,
+                         train: dict) -> Path:
+    """``bulk.extxyz`` (``emt_bulk(n_bulk, 0)``) and ``clusters.extxyz``
+    (``emt_clusters(n_clusters, 1)``) with EMT energies and forces in ``root``, and
+    ``root/config.yaml`` training a preset-S model (cutoff 4 Å) on them, its ``data`` section
+    ``data`` plus the two datasets (level of theory EMT), its ``train`` section ``train``;
+    returns the config's path."""
+    import ase.io
+    import yaml
+
+    root = Path(root)
+    for name, atoms in (("bulk", emt_bulk(n_bulk, 0)), ("clusters", emt_clusters(n_clusters, 1))):
+        for a in atoms:
+            a.calc = EMT()
+            a.get_potential_energy(), a.get_forces()
+        ase.io.write(root / f"{name}.extxyz", atoms, format="extxyz")
+    cfg = {"data": {**data, "datasets": [
+               {"name": "bulk", "path": "bulk.extxyz", "level_of_theory": "EMT"},
+               {"name": "clusters", "path": "clusters.extxyz", "level_of_theory": "EMT"}]},
+           "model": {"preset": "S", "backbone_kwargs": {"cutoff": 4.0}},
+           "train": train}
+    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return root / "config.yaml"
 
 
 def random_force_field(backbone: str, preset: str = "S", stats=None, seed: int = 0, **settings):
