@@ -15,13 +15,12 @@ during the row on CPU, which reads 0 below an earlier peak; CUDA max allocated).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import resource
 import time
-from pathlib import Path
 
 import torch
 from ase.calculators.emt import EMT
+from workload_loader import WORKLOAD, load_workload
 
 from atomgfm import keys as K
 from atomgfm.calculators.ase_calculator import atoms_to_structure
@@ -31,15 +30,7 @@ from atomgfm.models.build import build_model
 from atomgfm.registry import get, names
 from atomgfm.train.losses import multitask_loss
 
-WORKLOAD = Path(__file__).resolve().parents[2] / "shared" / "workload.py"
 EMT_ELEMENTS = {1, 6, 7, 8, 13, 28, 29, 46, 47, 78, 79}
-
-
-def load_workload(path: Path):
-    spec = importlib.util.spec_from_file_location("shared_workload", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def labelled(atoms) -> Structure:

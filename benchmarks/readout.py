@@ -19,11 +19,11 @@ Columns: structures/s and mean ms per batch (batches of --batch-size structures)
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import time
 from pathlib import Path
 
 import torch
+from workload_loader import WORKLOAD, load_workload
 
 from atomgfm import keys as K
 from atomgfm.calculators.ase_calculator import atoms_to_structure
@@ -31,16 +31,8 @@ from atomgfm.data.graph import collate, structure_to_graph
 from atomgfm.models.build import build_model
 from atomgfm.models.heads import EnergyHead, Head
 
-WORKLOAD = Path(__file__).resolve().parents[2] / "shared" / "workload.py"
 MODEL = {"backbone": "painn",
          "backbone_kwargs": {"num_features": 64, "num_layers": 3, "cutoff": 5.0}}
-
-
-def load_workload(path: Path):
-    spec = importlib.util.spec_from_file_location("shared_workload", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def timed(fn, batches, min_seconds: float) -> float:

@@ -24,12 +24,12 @@ multiply rate (a 1024² matmul loop timed in the same run) that blend/all reache
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from workload_loader import WORKLOAD, load_workload
 
 from atomgfm import keys as K
 from atomgfm.calculators.ase_calculator import atoms_to_structure
@@ -39,7 +39,6 @@ from atomgfm.models.build import build_model
 from atomgfm.screen.engine import blend, naive
 from atomgfm.screen.run import BATCH_LIMITS
 
-WORKLOAD = Path(__file__).resolve().parents[2] / "shared" / "workload.py"
 CUTOFF = 5.0
 
 
@@ -47,13 +46,6 @@ def model(n_heads: int, width: int, layers: int):
     cfg = {"backbone": "painn", "backbone_kwargs": {"num_features": width, "num_layers": layers,
                                                     "cutoff": CUTOFF}}
     return build_model(cfg, [f"h{k}" for k in range(n_heads)], seed=0).eval()
-
-
-def load_workload(path: Path):
-    spec = importlib.util.spec_from_file_location("shared_workload", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def batches_of(atoms, dtype, device):

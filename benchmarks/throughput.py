@@ -28,7 +28,6 @@ Columns: structures/s and atoms/s over the timed work, mean ms per batch, and pe
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import platform
 import resource
@@ -37,6 +36,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from workload_loader import WORKLOAD, load_workload
 
 from atomgfm import keys as K
 from atomgfm.calculators.ase_calculator import atoms_to_structure
@@ -46,18 +46,8 @@ from atomgfm.models.build import build_model
 from atomgfm.precision import autocast, param_dtype, resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_WORKLOAD = Path(__file__).resolve().parents[2] / "shared" / "workload.py"
 PAINN = {"demo": {"num_features": 64, "num_layers": 3, "cutoff": 5.0},
          "w128": {"num_features": 128, "num_layers": 3, "cutoff": 5.0}}
-
-
-def load_workload(path: Path):
-    spec = importlib.util.spec_from_file_location("shared_workload", path)
-    if spec is None or spec.loader is None:
-        raise FileNotFoundError(f"cannot load workload file {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def model_config(name: str) -> dict:
@@ -162,7 +152,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--precision", default="fp32", choices=["fp64", "fp32", "bf16"])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
-    p.add_argument("--workload-file", type=Path, default=DEFAULT_WORKLOAD)
+    p.add_argument("--workload-file", type=Path, default=WORKLOAD)
     p.add_argument("--json", type=Path, help="write the rows and the environment here")
     p.add_argument("--quick", action="store_true", help="tiny sizes, no minimum time (smoke test)")
     args = p.parse_args(argv)

@@ -38,9 +38,9 @@ import time
 from pathlib import Path
 
 import torch
+from workload_loader import WORKLOAD, load_workload
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKLOAD = ROOT.parent / "shared" / "workload.py"
 EMT_MOLECULE_ELEMENTS = {1, 6, 7, 8}
 BATCH_SIZE = {"molecules": 32, "alloys": 4}
 
@@ -104,15 +104,6 @@ def demo(args) -> None:
 
 
 # ---------------------------------------------------------------- atomgfm vs SchNetPack PaiNN
-
-
-def load_workload(path: str):
-    spec = importlib.util.spec_from_file_location("shared_workload", path)
-    if spec is None or spec.loader is None:
-        raise FileNotFoundError(f"cannot load workload file {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def labelled_atoms(name: str, wl) -> list:
