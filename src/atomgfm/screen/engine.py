@@ -17,7 +17,6 @@ from __future__ import annotations
 import torch
 
 from atomgfm import keys as K
-from atomgfm.nn.scatter import scatter_sum
 
 
 def kept_weights(weights: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,7 +38,7 @@ def blend(ff, batch: dict[str, torch.Tensor], weights: torch.Tensor, heads: list
     """Screen one collated batch.
 
     Args:
-        ff: a ``ForceField`` (or anything with ``encode``, ``readout`` and ``model.reference``).
+        ff: a ``ForceField`` (its ``model``'s weighted forward and ``reference`` are used).
         weights: (n_structs, len(heads)) router weights (rows need not be normalised; zeros mean
             "never this head", e.g. for elements outside a head's training set).
         heads: head names, the columns of ``weights``.
@@ -62,10 +61,9 @@ def blend(ff, batch: dict[str, torch.Tensor], weights: torch.Tensor, heads: list
         if forces:
             pos = pos.detach().requires_grad_(True)
             batch = {**batch, K.POSITIONS: pos}
-        features = ff.encode(batch)
-        per_atom = ff.readout(features, batch, names)  # (N, Hk) float64, one stacked product
-        head_e = scatter_sum(per_atom, batch[K.BATCH], n_structs)  # (S, Hk)
-        energy = (head_e * w[:, cols]).sum(-1)
+        # The model's own weighted forward: one encode, the kept heads as one stacked product.
+        model_out = ff.model(batch, heads=names, weights=w[:, cols], per_head=True)
+        energy, head_e = model_out[K.ENERGY], model_out[K.HEAD_ENERGY]
         out = {K.ENERGY: energy.detach()}
         if forces:
             (grad,) = torch.autograd.grad(energy.sum(), [pos])
