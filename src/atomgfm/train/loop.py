@@ -119,6 +119,7 @@ class Trainer:
         self.skipped_steps = 0
         self.best = float("inf")
         self.timer = PhaseTimer(self.device)
+        self._loader: BatchLoader | None = None  # started at the first step (see _batches)
         if resume and self._agree_on_resume():
             self._resume(self.out_dir / "last.pt")
         # DDP (bucketed all-reduce during the backward) or one flat all-reduce after it.
@@ -251,7 +252,7 @@ class Trainer:
     def _batches(self) -> BatchLoader:
         """Batches built by ``data.loader_workers`` workers (or in this process), created at the
         first step so that the workers start at a resumed sampler's position."""
-        if getattr(self, "_loader", None) is None:
+        if self._loader is None:
             self._loader = BatchLoader(self.sampler, self.train_sets, self.dtype, self.device,
                                        self.cfg.data.loader_workers, self.cfg.data.prefetch)
         return self._loader
