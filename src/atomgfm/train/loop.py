@@ -304,10 +304,14 @@ class Trainer:
                               world_size=self.world_size)
         return acc.reduce(self.reduce)
 
-    def fit(self, stop_at: int | None = None) -> dict:
+    def fit(self, stop_at: int | None = None, on_eval=None) -> dict:
         """Train until ``max_steps`` (or ``stop_at``, for time-sliced jobs); returns the last
         validation metrics per dataset. ``last.pt`` is always written on the way out. Only rank
-        0 writes files and shows progress; every rank computes the same metrics."""
+        0 writes files and shows progress; every rank computes the same metrics.
+
+        ``on_eval(step, score, metrics)``, when given, is called after each evaluation (and its
+        checkpoints); a true return value ends training there (early stopping, time budgets:
+        ``atomgfm tune``). Under several ranks it must decide alike on every rank."""
         tc = self.cfg.train
         stop = min(stop_at or tc.max_steps, tc.max_steps)
         main = self.is_main
@@ -354,6 +358,8 @@ class Trainer:
                     if improved:
                         save_checkpoint(self.out_dir / "best.pt", state)
                     save_checkpoint(self.out_dir / "last.pt", state)
+                if on_eval is not None and on_eval(self.step, score, metrics):
+                    break
                 t0 = time.perf_counter()  # evaluation time is not training throughput
         bar.close()
         telemetry.close()
