@@ -1,0 +1,181 @@
+"""The campaign driver: DeepHyper's centralised Bayesian optimisation (CBO) over trials run by
+parallel evaluators, each stopped early by DeepHyper's stopper, resumable.
+
+    campaign = load_campaign("configs/tune_demo.yaml")
+    results = run_campaign(campaign)
+
+The driver asks CBO for one configuration whenever an evaluator is free, writes the trial's
+``params.json`` before submitting it, and tells CBO each result as it comes back (minus the best
+validation loss, or DeepHyper's ``"F..."`` objective for a failed trial). Resume: finished trials
+(those with ``result.json``) are told to the surrogate before the first ask (warm start) and never
+rerun; trials that started but never finished are rerun first, under their own ids and
+parameters; the total never exceeds ``max_evals``. A worker whose driver died exits at its next
+evaluation without writing a result, so a killed campaign leaves no stray trial behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import yaml
+
+from atomgfm.config.schema import ConfigError
+from atomgfm.tune.campaign import Campaign
+from atomgfm.tune.records import (
+    TrialResult,
+    format_id,
+    next_trial_id,
+    read_trials,
+    trial_dir,
+    write_params,
+)
+
+log = logging.getLogger(__name__)
+
+# Campaign fields a resumed campaign may change (everything else defines the search).
+_MAY_CHANGE = ("max_evals", "evaluators", "threads", "method")
+
+
+def make_stopper(campaign: Campaign):
+    """DeepHyper's stopper for the campaign (None for ``kind: none``); its budget unit is the
+    evaluation index, so ``max_steps`` is the evaluations a full trial makes."""
+    s = campaign.stopper
+    if s.kind == "none":
+        return None
+    from deephyper.stopper import MedianStopper, SuccessiveHalvingStopper
+
+    full = campaign.evals_per_trial
+    if s.kind == "successive_halving":
+        return SuccessiveHalvingStopper(max_steps=full, min_steps=s.min_evals,
+                                        reduction_factor=s.reduction_factor)
+    return MedianStopper(max_steps=full, min_steps=s.min_evals, min_competing=s.min_competing)
+
+
+def _check_same_campaign(out: Path, campaign: Campaign) -> None:
+    """A campaign directory belongs to one search: resuming it with another base, space,
+    budget or data caps would mix incomparable trials."""
+    path = out / "campaign.yaml"
+    now = campaign.to_dict()
+    if path.exists():
+        saved = yaml.safe_load(path.read_text()) or {}
+        diff = sorted(k for k in set(now) | set(saved)
+                      if k not in _MAY_CHANGE and saved.get(k) != now.get(k))
+        if diff:
+            raise ConfigError(f"{path}: this campaign directory was started with different "
+                              f"{diff}; resume with the same settings (only {list(_MAY_CHANGE)} "
+                              "may change) or choose a new out_dir")
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(now, sort_keys=False))
+
+
+class Progress:
+    """Counts and best-so-far, one log line per finished trial."""
+
+    def __init__(self, total: int, finished: list[TrialResult]) -> None:
+        self.total = total
+        self.counts = {"ok": 0, "stopped": 0, "failed": 0}
+        self.best: TrialResult | None = None
+        for r in finished:
+            self.add(r)
+
+    def add(self, r: TrialResult) -> None:
+        self.counts[r.status] += 1
+        if r.status != "failed" and r.best_val_loss is not None and math.isfinite(
+                r.best_val_loss) and (self.best is None
+                                      or r.best_val_loss < self.best.best_val_loss):
+            self.best = r
+
+    def line(self, r: TrialResult) -> str:
+        done = sum(self.counts.values())
+        val = f"val {r.best_val_loss:.4f}" if r.best_val_loss is not None else "val -"
+        what = r.error if r.status == "failed" else val
+        best = (f"best {self.best.best_val_loss:.4f} (trial {self.best.id}, {self.best.family})"
+                if self.best else "best -")
+        return (f"trial {r.id} {r.family:<8} {r.status:<7} {what} | {r.steps} steps "
+                f"{r.seconds:.0f} s | {done}/{self.total} done: {self.counts['ok']} ok, "
+                f"{self.counts['stopped']} stopped, {self.counts['failed']} failed | {best}")
+
+
+def run_campaign(campaign: Campaign) -> list[TrialResult]:
+    """Run (or resume) ``campaign`` until ``max_evals`` trials have finished; returns every
+    finished trial's result in id order.
+
+    ``campaign.method`` picks DeepHyper's evaluator: ``process`` (local processes, the
+    default), ``thread`` (in this process: tests, debugging); ``ray`` or ``mpicomm`` on a
+    cluster (docs/tune.md).
+    """
+    from deephyper.evaluator import Evaluator
+    from deephyper.hpo import CBO
+
+    from atomgfm.tune.trial import run_job
+
+    out = Path(campaign.out_dir)
+    _check_same_campaign(out, campaign)
+    base = campaign.base_config()
+    space = campaign.space_for(base)
+    finished, unfinished = read_trials(out)
+    finished = finished[: campaign.max_evals]
+    progress = Progress(campaign.max_evals, finished)
+    left = campaign.max_evals - len(finished)
+    log.info("campaign %s: %d trials finished, %d unfinished (rerun), %d to go; %d evaluator(s) "
+             "x %d thread(s); space: %s", out, len(finished), len(unfinished), left,
+             campaign.evaluators, campaign.threads_per_trial, ", ".join(space.names))
+    if left <= 0:
+        return finished
+    sc = campaign.search
+    search = CBO(space.problem(seed=campaign.seed), random_state=campaign.seed,
+                 log_dir=str(out / "deephyper"), checkpoint_history_to_csv=False,
+                 surrogate_model=sc.surrogate, acq_func=sc.acq_func,
+                 acq_func_kwargs={"kappa": sc.kappa}, n_initial_points=sc.initial_points)
+    names = set(space.names)
+    if finished:  # warm start: the surrogate learns from every finished trial
+        search.tell([(_complete(r.params, names), r.objective) for r in finished])
+    evaluator = Evaluator.create(
+        run_job, method=campaign.method,
+        method_kwargs={"num_workers": campaign.evaluators,
+                       "run_function_kwargs": {"campaign": campaign.to_dict(),
+                                               "campaign_dir": str(out)}})
+    search.check_evaluator(evaluator)
+    evaluator._stopper = make_stopper(campaign)  # what Search.search() does before its loop
+    pending = sorted(unfinished.items())[:left]
+    next_id = next_trial_id(out)
+    submitted, running = 0, 0
+    results = list(finished)
+    while True:
+        while running < campaign.evaluators and submitted < left:
+            if pending:
+                tid, params = pending.pop(0)
+            else:
+                params = search.ask(1)[0]
+                tid, next_id = format_id(next_id), next_id + 1
+            write_params(trial_dir(out, tid), tid, params)  # a kill from now on: rerun it
+            evaluator.submit([{**params, "trial_id": tid}])
+            submitted, running = submitted + 1, running + 1
+        if not running:
+            break
+        for job in evaluator.gather("BATCH", size=1):
+            running -= 1
+            params = {k: v for k, v in job.args.items() if k != "trial_id"}
+            done, _ = read_trials(out)
+            r = next((x for x in done if x.id == job.args["trial_id"]), None)
+            if r is None:  # the run function died before writing its result
+                r = TrialResult(job.args["trial_id"], params, "failed",
+                                error=f"error: the trial process ended without a result "
+                                      f"({job.output})")
+            search.tell([(_complete(params, names), r.objective)])
+            results.append(r)
+            progress.add(r)
+            log.info("%s", progress.line(r))
+    evaluator.close()
+    return sorted(results, key=lambda r: r.id)
+
+
+def _complete(params: dict, names: set[str]) -> dict:
+    """``params`` restricted to the space's names (records may hold more, e.g. trial_id)."""
+    missing = names - set(params)
+    if missing:
+        raise ConfigError(f"a recorded trial lacks hyperparameters {sorted(missing)} of this "
+                          "campaign's space")
+    return {k: params[k] for k in names}
