@@ -10,7 +10,7 @@ DEMO_RUN := runs/demo
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e ".[labels,storage,screen,dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[labels,storage,screen,tune,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
