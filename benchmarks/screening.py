@@ -16,15 +16,22 @@ packs them (screen.run.BATCH_LIMITS). Rows:
                 stacked product, blend, one backward of the blend; no head skipped.
   blend/router  the same with router-like weights (softmax of 3·N(0,1), fixed seed) and heads
                 below 0.01 skipped.
+  blend/frozen  blend/all on the screener's inference copy (screen.engine.screening_model:
+                weights requires_grad False), eager.
+  blend/compiled  blend/frozen with the backbone compiled (torch.compile dynamic=True, inductor),
+                what ``screen run --compile on`` uses; one compilation serves every batch size,
+                its time is printed per mode (``compile s``: first pass minus an eager pass).
 Columns: structures/s, ms per batch, speed-up over naive; then model GFLOP per structure
 (torch.utils.flop_counter, the blend/all path) and the fraction of the machine's fp32 matrix
-multiply rate (a 1024² matmul loop timed in the same run) that blend/all reaches.
+multiply rate (a 1024² matmul loop timed in the same run) that the row reaches (fp64 rows are
+measured against the same fp32 rate).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +43,7 @@ from atomgfm.calculators.ase_calculator import atoms_to_structure
 from atomgfm.data.graph import collate, structure_to_graph
 from atomgfm.data.mixing import packed_batches
 from atomgfm.models.build import build_model
-from atomgfm.screen.engine import blend, naive
+from atomgfm.screen.engine import blend, naive, screening_model
 from atomgfm.screen.run import BATCH_LIMITS
 
 CUTOFF = 5.0
@@ -114,13 +121,15 @@ def compare(args, device) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}; "
           f"PaiNN {args.width}x{args.layers}, {args.heads} heads; fp32 matmul "
           f"{rate / 1e9:.1f} GFLOP/s")
-    print(f"{'workload':<10}{'prec':<6}{'forces':<8}{'mode':<14}{'struct/s':>10}{'ms/batch':>10}"
+    print(f"{'workload':<10}{'prec':<6}{'forces':<8}{'mode':<16}{'struct/s':>10}{'ms/batch':>10}"
           f"{'speed-up':>10}{'GFLOP/str':>11}{'of matmul':>11}")
     heads = [f"h{k}" for k in range(args.heads)]
     gen = torch.Generator().manual_seed(0)
     for precision in args.precisions.split(","):
         dtype = {"fp32": torch.float32, "fp64": torch.float64}[precision]
         ff = model(args.heads, args.width, args.layers).to(device, dtype)
+        frozen = screening_model(ff)
+        compiled = None if args.no_compile else screening_model(ff, compile=True)
         for wname, atoms in workloads.items():
             batches = batches_of(atoms, dtype, device)
             weights = {id(b): torch.softmax(3 * torch.randn(
@@ -139,42 +148,28 @@ def compare(args, device) -> None:
                 t_naive = timed(run_naive, batches, args.min_seconds)
                 rows = [("naive", t_naive), ("blend/all", timed(run_all, batches,
                                                                 args.min_seconds)),
-                        ("blend/router", timed(run_router, batches, args.min_seconds))]
+                        ("blend/router", timed(run_router, batches, args.min_seconds)),
+                        ("blend/frozen", timed(partial(run_all, ff=frozen), batches,
+                                               args.min_seconds))]
+                compile_s = None
+                if compiled is not None:
+                    t0 = time.perf_counter()
+                    for b in batches:  # the first pass compiles (once for every batch size)
+                        run_all(b, ff=compiled)
+                    compile_s = time.perf_counter() - t0 - rows[-1][1]
+                    rows.append(("blend/compiled", timed(partial(run_all, ff=compiled), batches,
+                                                         args.min_seconds)))
                 fl = sum(flops(ff, b, heads, forces) for b in batches) / len(atoms)
                 for mode, dt in rows:
                     sps = len(atoms) / dt
                     extra = ""
-                    if mode == "blend/all":
+                    if mode in ("blend/all", "blend/compiled"):
                         extra = f"{fl / 1e9:>11.3f}{fl * sps / rate:>11.1%}"
-                    print(f"{wname:<10}{precision:<6}{str(forces):<8}{mode:<14}{sps:>10.1f}"
+                    if mode == "blend/compiled":
+                        extra += f"   compile {compile_s:.1f} s"
+                    print(f"{wname:<10}{precision:<6}{str(forces):<8}{mode:<16}{sps:>10.1f}"
                           f"{1000 * dt / len(batches):>10.1f}{t_naive / dt:>10.1f}{extra}",
                           flush=True)
-
-
-def compiled(args, device) -> None:
-    """torch.compile of the backbone against eager, blend/all with forces, fp32."""
-    wl = load_workload(args.workload_file)
-    heads = [f"h{k}" for k in range(args.heads)]
-    for wname, atoms in {"molecules": wl.molecules(args.n_molecules),
-                         "alloys": wl.alloys(args.n_alloys)}.items():
-        ff = model(args.heads, args.width, args.layers).to(device)
-        batches = batches_of(atoms, torch.float32, device)
-        w = {id(b): torch.full((b[K.N_ATOMS].shape[0], len(heads)), 1 / len(heads),
-                               dtype=torch.float64, device=device) for b in batches}
-
-        def run(b, ff=ff, w=w):
-            return blend(ff, b, w[id(b)], heads, 0.0, True, reference=False)
-
-        eager = timed(run, batches, args.min_seconds)
-        t0 = time.perf_counter()
-        ff.model.backbone = torch.compile(ff.model.backbone, dynamic=True)
-        for b in batches:
-            run(b)
-        compile_s = time.perf_counter() - t0
-        comp = timed(run, batches, args.min_seconds)
-        print(f"torch.compile {wname}: eager {len(atoms) / eager:.1f} structures/s, compiled "
-              f"{len(atoms) / comp:.1f} structures/s ({eager / comp:.2f}x), first pass with "
-              f"compilation {compile_s:.0f} s", flush=True)
 
 
 def rss_mib() -> float:
@@ -255,7 +250,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--workload-file", type=Path, default=WORKLOAD)
-    p.add_argument("--compile", action="store_true", help="also measure torch.compile")
+    p.add_argument("--no-compile", action="store_true", help="leave out blend/compiled")
     p.add_argument("--stream", type=int, default=0, metavar="N",
                    help="instead: a streamed run of N generated candidates")
     p.add_argument("--forces", action="store_true", help="(--stream) with forces")
@@ -275,8 +270,6 @@ def main() -> None:
         stream(args, device)
         return
     compare(args, device)
-    if args.compile:
-        compiled(args, device)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,55 @@ the blend E' = Σ_kept w' E_h differs from the full blend E = Σ w E_h by exactl
 Σ_skipped w_h (E_h - E') (so |E - E'| ≤ Σ_skipped w_h |E_h - E'|): the skipped heads' own
 contribution measured against what was kept. Forces are -∂E'/∂R from one backward; the weights
 depend on composition only, never on positions, so this equals Σ_kept w' F_h exactly.
+
+Inference copy (:func:`screening_model`): the screener works on a copy of the force field with
+its weights frozen (``requires_grad`` False: the backward then computes the position gradient
+only, and nothing is kept for weight gradients), optionally with the backbone compiled by
+``torch.compile(dynamic=True)`` (inductor; C++/OpenMP kernels on CPU). Compiling fuses PaiNN's
+edge-wise products, gathers and scatters, forward and backward, which dominate its eager time;
+one dynamic-shape graph serves every batch size (no recompiles per shape). Measured in
+benchmarks/screening.py (rows ``blend/compiled``) and benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
+import copy
+import logging
+
 import torch
 
 from atomgfm import keys as K
+
+log = logging.getLogger(__name__)
+
+
+def screening_model(ff, device: torch.device | str | None = None,
+                    dtype: torch.dtype | None = None, compile: bool = False,
+                    cuda_graphs: bool = False):
+    """A copy of ``ff`` for screening: moved to ``device``/``dtype``, eval mode, weights frozen,
+    and the backbone optionally compiled (:func:`compile_backbone`). ``ff`` is left unchanged."""
+    ff = copy.deepcopy(ff).to(device=device, dtype=dtype).eval()
+    ff.requires_grad_(False)
+    if compile:
+        compile_backbone(ff, cuda_graphs)
+    return ff
+
+
+def compile_backbone(ff, cuda_graphs: bool = False):
+    """Compile ``ff``'s backbone in place with ``torch.compile(dynamic=True)``; returns ``ff``.
+
+    The first batch pays the compilation (about 30 s for PaiNN 128x3 on one CPU core, fewer
+    with inductor's cache warm from an earlier run); later batches of any size reuse it, and
+    the weights and state_dict keys are unchanged. ``cuda_graphs``: also replay CUDA graphs
+    (``mode="reduce-overhead"``), CUDA only; not measured yet (no GPU was available)."""
+    if cuda_graphs:
+        device = next(ff.parameters()).device
+        if device.type != "cuda":
+            raise ValueError(f"cuda_graphs needs a CUDA model, this one is on {device}")
+    ff.model.backbone.compile(dynamic=True, mode="reduce-overhead" if cuda_graphs else None)
+    log.info("backbone compiled (torch.compile dynamic=True%s); the first batch compiles it",
+             ", CUDA graphs" if cuda_graphs else "")
+    return ff
 
 
 def kept_weights(weights: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,19 +33,27 @@ from atomgfm.data.mixing import packed_batches
 from atomgfm.data.structure import StructureError
 from atomgfm.precision import autocast, param_dtype, resolve_device
 from atomgfm.screen import results as R
-from atomgfm.screen.engine import blend
+from atomgfm.screen.engine import blend, compile_backbone, screening_model
 
 log = logging.getLogger(__name__)
 
 BATCH_LIMITS = {"cpu": {"max_atoms": 1024, "max_edges": 16_000, "max_structures": 256},
                 "cuda": {"max_atoms": 16_384, "max_edges": 1_000_000, "max_structures": 4096}}
 
+#: ``compile="auto"`` compiles the backbone for a source of at least this many candidates: the
+#: compilation (about 30 s cold, 10 s with inductor's cache warm, PaiNN 128x3 on a CPU core) is
+#: repaid by about 0.45 ms saved per g2 molecule and more per larger cell (benchmarks/RESULTS.md).
+AUTO_COMPILE_MIN = 20_000
+
 
 @dataclass
 class ScreenSettings:
     """How to screen. threshold: heads below this router weight are skipped; confidence: rows
     whose largest weight is below it are flagged; chunk_size: candidates per Parquet chunk (and
-    per resume unit); workers: graph-building processes (0: in the main process)."""
+    per resume unit); workers: graph-building processes (0: in the main process); compile:
+    "on", "off" or "auto" (on for a source of known length >= ``AUTO_COMPILE_MIN``) compiles the
+    backbone (:func:`~atomgfm.screen.engine.compile_backbone`); cuda_graphs: with compile on
+    CUDA, also replay CUDA graphs."""
 
     threshold: float = 0.01
     confidence: float = 0.5
@@ -57,6 +65,8 @@ class ScreenSettings:
     max_atoms: int | None = None
     max_edges: int | None = None
     max_structures: int | None = None
+    compile: str = "auto"
+    cuda_graphs: bool = False
     progress: bool = True
 
 
@@ -199,7 +209,15 @@ class Screener:
         self.settings = settings or ScreenSettings()
         self.device = resolve_device(self.settings.device)
         self.dtype = param_dtype(self.settings.precision)
-        self.model = model.to(self.device, self.dtype).eval()
+        if self.settings.compile not in ("auto", "on", "off"):
+            raise ValueError(f"compile must be 'auto', 'on' or 'off', got "
+                             f"{self.settings.compile!r}")
+        if self.settings.cuda_graphs and (self.settings.compile == "off"
+                                          or self.device.type != "cuda"):
+            raise ValueError("cuda_graphs needs compile 'on' or 'auto' and a CUDA device")
+        # a frozen inference copy: the caller's model is left as it is
+        self.model = screening_model(model, self.device, self.dtype)
+        self.compiled = False
         table = {d["name"]: d for d in datasets}
         self.heads = list(heads) if heads else [d["name"] for d in sorted(datasets,
                                                                           key=lambda d: d["id"])]
@@ -280,7 +298,8 @@ class Screener:
 
     def manifest(self, source) -> dict:
         s = asdict(self.settings)
-        for k in ("progress", "workers", "device", "max_atoms", "max_edges", "max_structures"):
+        for k in ("progress", "workers", "device", "max_atoms", "max_edges", "max_structures",
+                  "compile", "cuda_graphs"):
             s.pop(k)  # these may change between a run and its resume
         return {"checkpoint": self.checkpoint, "heads": self.heads, "source": source.describe(),
                 "router": self.router is not None, "settings": s}
@@ -319,6 +338,10 @@ class Screener:
             total = sum(min((b + 1) * s.chunk_size, n) - b * s.chunk_size for b in blocks)
         except TypeError:
             pass
+        if not self.compiled and (s.compile == "on" or (
+                s.compile == "auto" and total is not None and total >= AUTO_COMPILE_MIN)):
+            compile_backbone(self.model, s.cuda_graphs)
+            self.compiled = True
         data = _Batches(source, s.chunk_size, rank, world, set(done), self.model.cutoff,
                         frozenset(self.model.backbone.needs), self.dtype, self.head_elements,
                         limits)

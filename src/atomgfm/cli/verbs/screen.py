@@ -47,6 +47,11 @@ def add_arguments(p) -> None:
     r.add_argument("--chunk-size", type=int, default=4096,
                    help="candidates per Parquet chunk and resume unit")
     r.add_argument("--workers", type=int, default=1, help="graph-building processes")
+    r.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                   help="torch.compile the backbone (auto: for 20,000 candidates or more; the "
+                        "first batch pays ~30 s of compilation)")
+    r.add_argument("--cuda-graphs", action="store_true",
+                   help="with --compile on CUDA, also replay CUDA graphs (not yet measured)")
     r.add_argument("--max-atoms", type=int)
     r.add_argument("--max-edges", type=int)
     r.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -105,6 +110,7 @@ def _run(args) -> int:
                               forces=args.forces, precision=args.precision, device=args.device,
                               chunk_size=args.chunk_size, workers=args.workers,
                               max_atoms=args.max_atoms, max_edges=args.max_edges,
+                              compile=args.compile, cuda_graphs=args.cuda_graphs,
                               progress=not args.no_progress)
     heads = args.heads.split(",") if args.heads else None
     screener = Screener.from_checkpoint(args.checkpoint, settings, heads, not args.no_router)
