@@ -304,14 +304,15 @@ class Trainer:
                               world_size=self.world_size)
         return acc.reduce(self.reduce)
 
-    def fit(self, stop_at: int | None = None, on_eval=None) -> dict:
+    def fit(self, stop_at: int | None = None, on_eval=None, plot: bool = True) -> dict:
         """Train until ``max_steps`` (or ``stop_at``, for time-sliced jobs); returns the last
         validation metrics per dataset. ``last.pt`` is always written on the way out. Only rank
         0 writes files and shows progress; every rank computes the same metrics.
 
         ``on_eval(step, score, metrics)``, when given, is called after each evaluation (and its
         checkpoints); a true return value ends training there (early stopping, time budgets:
-        ``atomgfm tune``). Under several ranks it must decide alike on every rank."""
+        ``atomgfm tune``). Under several ranks it must decide alike on every rank. ``plot``:
+        draw ``curves.png`` at the end (tuning trials, which plot their own, skip it)."""
         tc = self.cfg.train
         stop = min(stop_at or tc.max_steps, tc.max_steps)
         main = self.is_main
@@ -369,7 +370,7 @@ class Trainer:
             log.warning("%s is already trained to step %d; use --restart to start over or "
                         "--max-steps to continue", self.out_dir, self.step)
             metrics = self.evaluate().compute()
-        if main:
+        if main and plot:
             plot_curves(self.out_dir / "log.jsonl")
         return metrics
 
