@@ -129,6 +129,38 @@ class GeneratedCandidates:
                 yield b * chunk, rows
 
 
+class AtomsCandidates:
+    """In-memory ASE ``Atoms`` as a source (random access): index = position in the list, id =
+    ``atoms.info["id"]`` when set, else ``atoms:INDEX``. Conversion (charge and multiplicity
+    from ``atoms.info``, as the ASE calculator reads them) happens in the graph-building
+    worker; an Atoms that cannot be converted gets a row with its error."""
+
+    def __init__(self, atoms: list) -> None:
+        self.atoms = list(atoms)
+
+    def __len__(self) -> int:
+        return len(self.atoms)
+
+    def describe(self) -> dict:
+        return {"kind": "atoms", "n": len(self.atoms)}
+
+    def items(self, owned, chunk):
+        from atomgfm.calculators.ase_calculator import atoms_to_structure
+
+        n = len(self.atoms)
+        for b in range((n + chunk - 1) // chunk):
+            if owned(b):
+                rows = []
+                for i in range(b * chunk, min((b + 1) * chunk, n)):
+                    a = self.atoms[i]
+                    cid = str(a.info.get("id", f"atoms:{i}"))
+                    try:
+                        rows.append((i, cid, atoms_to_structure(a), None))
+                    except StructureError as exc:
+                        rows.append((i, cid, None, str(exc)))
+                yield b * chunk, rows
+
+
 class _Batches(IterableDataset):
     """Blocks owned by (rank, worker) -> packed, collated batches with their rows."""
 
@@ -314,11 +346,14 @@ class Screener:
             raise ValueError(f"rank {rank} not in 0..{world - 1}")
         if s.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {s.chunk_size}")
+        if isinstance(source, list | tuple):
+            source = AtomsCandidates(source)
         if not hasattr(source, "items"):
             from atomgfm.screen.generate import CandidateGenerator
 
             if not isinstance(source, CandidateGenerator):
-                raise TypeError("source must be a CandidateGenerator or a candidate source")
+                raise TypeError("source must be a CandidateGenerator, a list of ASE Atoms or a "
+                                "candidate source")
             source = GeneratedCandidates(source)
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -362,7 +397,7 @@ class Screener:
                     p["parts"].append((item["rows"], cols))
                     n_scored += len(item["rows"])
                 for e in item["errors"]:
-                    p["parts"].append(([e[:2] + ("", 0)], {"error": e[2]}))
+                    p["parts"].append(([(e[0], e[1], "", 0)], {"error": e[2]}))
                     n_errors += 1
                 bar.update(len(item["rows"]) + len(item["errors"]))
                 p["left"] -= 1

@@ -1,5 +1,6 @@
-"""The screening engine with the backbone compiled (torch.compile, inductor) equals the eager
-head-by-head reference at fp64; the screener's inference copy leaves the caller's model alone."""
+"""Screening's inference path: the backbone compiled (torch.compile, inductor) equals the
+eager head-by-head reference at fp64, the inference copy leaves the caller's model alone, and
+ASE Atoms in memory are a candidate source."""
 
 from __future__ import annotations
 
@@ -76,3 +77,25 @@ def test_compiled_blend_equals_eager_head_by_head_reference_fp64(ff):
         torch.testing.assert_close(out[K.FORCES], ref[K.FORCES], rtol=0, atol=1e-10)
         assert out[K.FORCES].abs().max() > 1e-3
     assert graphs[0] >= 1 and graphs[-1] == graphs[0], graphs  # compiled once, for every size
+
+
+def test_atoms_list_is_a_source_with_ids_and_error_rows(ff, tmp_path):
+    """ASE Atoms in memory screen like any source: ids from info["id"] or the position, an
+    Atoms that cannot be converted gets a row with its error (not dropped)."""
+    from ase.build import molecule
+
+    from atomgfm.screen.results import read_results
+
+    atoms = [molecule("H2O"), molecule("CH4"), molecule("NH3")]
+    atoms[0].info["id"] = "water"
+    atoms[2].info["multiplicity"] = 2  # NH3 has 10 electrons: a doublet is impossible
+    table = [{"name": h, "id": k, "elements": list(range(1, 84))} for k, h in enumerate(HEADS)]
+    settings = ScreenSettings(workers=0, progress=False, device="cpu", precision="fp64")
+    summary = Screener(ff, table, None, None, settings, "<test>").run(atoms, tmp_path)
+    t = read_results(tmp_path)
+    assert summary["scored"] == 2 and summary["errors"] == 1
+    assert t.column("id").to_pylist() == ["water", "atoms:1", "atoms:2"]
+    err = t.column("error").to_pylist()
+    assert err[0] is None and err[1] is None and "multiplicity" in err[2]
+    e = t.column("energy").to_numpy()
+    assert np.isfinite(e[:2]).all() and np.isnan(e[2])

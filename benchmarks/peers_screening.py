@@ -1,0 +1,191 @@
+"""End-to-end screening against SchNetPack's PaiNN of the same width, in the same run.
+
+Run with the peer venv (../shared/PEERS.md; our package installed there with
+``pip install --no-deps -e .``), from the repository root:
+
+    /tmp/peers/bin/python benchmarks/peers_screening.py                 # both workloads
+    /tmp/peers/bin/python benchmarks/peers_screening.py --quick         # smoke test
+    /tmp/peers/bin/python benchmarks/peers_screening.py --threads 1     # on a loaded machine
+
+Both start from the same ASE Atoms (../shared/workload.py: g2 molecules, 108-atom fcc alloys)
+and end with energies and forces in NumPy, neighbour lists included; fp32, untrained weights.
+  schnetpack   PaiNN 128x3 as PEERS.md sets it up (GaussianRBF(20, 5 Å), CosineCutoff(5 Å),
+               Atomwise, Forces), ``AtomsConverter(MatScipyNeighborList(5 Å))``, batches of 32,
+               ``model(inputs)`` in eval mode, energy and forces to NumPy.
+  atomgfm      PaiNN 128x3 (cutoff 5 Å, --heads heads) through ``Screener.run`` on the Atoms
+               (screen.run.AtomsCandidates): graphs built in --workers processes (0: in the main
+               process, like SchNetPack), packed by screen.run.BATCH_LIMITS, the blend of every
+               head, forces from one backward, Parquet chunks written to a temporary folder.
+               ``compiled``: the backbone compiled (torch.compile, ``--compile on``); the
+               compilation happens in an untimed warm-up run.
+Repeats interleave the models; each row gives the median and range of structures/s over the
+repeats and the ratio of medians to SchNetPack. The last column is the fraction of the fp32
+matmul rate (1024² matmuls timed in the same run) that the atomgfm row reaches with the model
+FLOPs (torch.utils.flop_counter, energy + forces, per structure) it performs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+import typing
+
+import torch
+from workload_loader import WORKLOAD, load_workload
+
+CUTOFF = 5.0
+
+
+class SchNetPack:
+    """SchNetPack's PaiNN as PEERS.md sets it up, end to end from Atoms in batches of 32."""
+
+    name = "schnetpack"
+
+    def __init__(self, width: int, layers: int, batch_size: int = 32) -> None:
+        import torch.utils.data.dataloader as dl
+
+        dl.T_co = typing.TypeVar("T_co", covariant=True)  # SchNetPack 2.x needs it (PEERS.md)
+        try:
+            import schnetpack as spk
+        except ImportError:
+            raise SystemExit("SchNetPack is not installed here: run this with the peer venv "
+                             "(/tmp/peers/bin/python, see ../shared/PEERS.md)") from None
+        torch.manual_seed(0)
+        rep = spk.representation.PaiNN(n_atom_basis=width, n_interactions=layers,
+                                       radial_basis=spk.nn.GaussianRBF(20, CUTOFF),
+                                       cutoff_fn=spk.nn.CosineCutoff(CUTOFF))
+        self.model = spk.model.NeuralNetworkPotential(
+            representation=rep, input_modules=[spk.atomistic.PairwiseDistances()],
+            output_modules=[spk.atomistic.Atomwise(n_in=width, output_key="energy"),
+                            spk.atomistic.Forces(energy_key="energy", force_key="forces")]).eval()
+        self.converter = spk.interfaces.AtomsConverter(
+            neighbor_list=spk.transform.MatScipyNeighborList(cutoff=CUTOFF), dtype=torch.float32)
+        self.batch_size = batch_size
+
+    def warm_up(self, atoms) -> None:
+        self(atoms[:self.batch_size])
+
+    def __call__(self, atoms) -> int:
+        n = 0
+        for k in range(0, len(atoms), self.batch_size):
+            out = self.model(self.converter(atoms[k:k + self.batch_size]))
+            e, f = out["energy"].detach().numpy(), out["forces"].detach().numpy()
+            n += len(e)
+            assert f.shape[1] == 3
+        return n
+
+
+class Ours:
+    """atomgfm's ``screen run`` path (Screener.run on AtomsCandidates) into a temp folder."""
+
+    def __init__(self, width: int, layers: int, heads: int, workers: int, compile: bool,
+                 chunk_size: int) -> None:
+        from atomgfm.models.build import build_model
+        from atomgfm.screen.run import Screener, ScreenSettings
+
+        names = [f"h{k}" for k in range(heads)]
+        cfg = {"backbone": "painn", "backbone_kwargs": {"num_features": width,
+                                                        "num_layers": layers, "cutoff": CUTOFF}}
+        self.ff = build_model(cfg, names, seed=0).eval()
+        table = [{"name": h, "id": k, "elements": list(range(1, 84))}
+                 for k, h in enumerate(names)]
+        settings = ScreenSettings(threshold=0.01, forces=True, precision="fp32", device="cpu",
+                                  chunk_size=chunk_size, workers=workers,
+                                  compile="on" if compile else "off", progress=False)
+        self.screener = Screener(self.ff, table, None, None, settings, "<benchmark>")
+        self.name = (f"atomgfm{' compiled' if compile else ''}, {heads} head"
+                     f"{'s' if heads > 1 else ''}, {workers} worker{'s' if workers != 1 else ''}")
+
+    def warm_up(self, atoms) -> None:
+        self(atoms)  # compiles when asked (one compilation serves every batch size)
+
+    def __call__(self, atoms) -> int:
+        out = tempfile.mkdtemp(prefix="peers-screen-")
+        try:
+            s = self.screener.run(atoms, out)
+        finally:
+            shutil.rmtree(out)
+        if s["errors"]:
+            raise RuntimeError(f"{s['errors']} candidates could not be scored")
+        return s["scored"]
+
+    def flops_per_structure(self, atoms) -> float:
+        """Model FLOPs (encode, all heads, force backward) per structure, on batches packed as
+        ``screen run`` packs them."""
+        from screening import batches_of, flops
+
+        heads = list(self.ff.model.dataset_names)
+        batches = batches_of(atoms, torch.float32, torch.device("cpu"))
+        return sum(flops(self.ff, b, heads, True) for b in batches) / len(atoms)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n-molecules", type=int, default=2048)
+    p.add_argument("--n-alloys", type=int, default=32)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--heads", default="1", help="comma-separated head counts for atomgfm rows")
+    p.add_argument("--workers", default="0,1",
+                   help="comma-separated graph-building process counts for atomgfm rows")
+    p.add_argument("--no-eager", action="store_true", help="leave out uncompiled atomgfm rows")
+    p.add_argument("--chunk-size", type=int, default=256,
+                   help="candidates per block (a worker builds the next block meanwhile)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--workload-file", default=WORKLOAD)
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args()
+    if args.quick:
+        args.n_molecules, args.n_alloys, args.repeats, args.width = 128, 4, 1, 32
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from screening import matmul_rate
+
+    wl = load_workload(args.workload_file)
+    workloads = {"molecules": wl.molecules(args.n_molecules), "alloys": wl.alloys(args.n_alloys)}
+    models = [SchNetPack(args.width, args.layers)]
+    for h in (int(x) for x in args.heads.split(",")):
+        for w in (int(x) for x in args.workers.split(",")):
+            for compiled in ((True,) if args.no_eager else (False, True)):
+                models.append(Ours(args.width, args.layers, h, w, compiled, args.chunk_size))
+    rate = matmul_rate()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; PaiNN {args.width}x"
+          f"{args.layers}, energy + forces, fp32; {len(workloads['molecules'])} molecules, "
+          f"{len(workloads['alloys'])} alloy cells; fp32 matmul {rate / 1e9:.1f} GFLOP/s",
+          flush=True)
+    for wname, atoms in workloads.items():
+        for m in models:
+            t0 = time.perf_counter()
+            m.warm_up(atoms)
+            print(f"warm-up {wname:<9} {m.name}: {time.perf_counter() - t0:.1f} s", flush=True)
+    speeds = {(w, m.name): [] for w in workloads for m in models}
+    for r in range(args.repeats):
+        for wname, atoms in workloads.items():
+            for m in models:
+                t0 = time.perf_counter()
+                n = m(atoms)
+                sps = n / (time.perf_counter() - t0)
+                speeds[(wname, m.name)].append(sps)
+                print(f"repeat {r + 1} {wname:<9} {m.name:<40} {sps:9.1f} structures/s",
+                      flush=True)
+    print(f"\n{'workload':<10}{'model':<42}{'structures/s (range)':>26}{'x SchNetPack':>14}"
+          f"{'GFLOP/str':>11}{'of matmul':>11}")
+    for wname, atoms in workloads.items():
+        ref = statistics.median(speeds[(wname, "schnetpack")])
+        for m in models:
+            v = speeds[(wname, m.name)]
+            med = statistics.median(v)
+            extra = ""
+            if isinstance(m, Ours):
+                fl = m.flops_per_structure(atoms)
+                extra = f"{fl / 1e9:>11.3f}{fl * med / rate:>11.1%}"
+            print(f"{wname:<10}{m.name:<42}{med:>10.1f} ({min(v):.1f}-{max(v):.1f}){'':>3}"
+                  f"{med / ref:>13.2f}x{extra}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
