@@ -127,9 +127,11 @@ def plot_trajectories(results: list[TrialResult], path: Path) -> Path:
     return path
 
 
-def report(campaign_dir: str | Path, echo=print) -> list[dict[str, Any]]:
+def report(campaign_dir: str | Path, echo=None) -> list[dict[str, Any]]:
     """Print the ranked table and write ``report.csv``, ``report.md`` and ``trajectories.png``
-    in ``campaign_dir``; returns the table's rows (best first)."""
+    in ``campaign_dir``; returns the table's rows (best first). ``echo``: where the text
+    goes (the CLI passes print; default: this module's logger)."""
+    echo = echo or log.info
     directory = Path(campaign_dir)
     if not (directory / "trials").is_dir():
         raise FileNotFoundError(f"{directory}: not a campaign directory (no trials/ folder)")
@@ -146,7 +148,7 @@ def report(campaign_dir: str | Path, echo=print) -> list[dict[str, Any]]:
 
 
 def promote(campaign_dir: str | Path, k: int, max_steps: int | None = None,
-            echo=print) -> list[dict[str, Any]]:
+            echo=None) -> list[dict[str, Any]]:
     """Retrain the top ``k`` configurations on the base config's full data and budget
     (``max_steps`` overrides the budget) into ``campaign_dir/promoted/<rank>/``; resumable
     (a rerun continues each from its ``last.pt``). Returns one summary per promoted trial."""
@@ -155,6 +157,7 @@ def promote(campaign_dir: str | Path, k: int, max_steps: int | None = None,
     from atomgfm.tune.campaign import campaign_from_dict
     from atomgfm.tune.trial import trial_config
 
+    echo = echo or log.info
     directory = Path(campaign_dir)
     if k < 1:
         raise ValueError(f"--promote must be >= 1, got {k}")

@@ -128,7 +128,8 @@ def run_campaign(campaign: Campaign) -> list[TrialResult]:
     search = CBO(space.problem(seed=campaign.seed), random_state=campaign.seed,
                  log_dir=str(out / "deephyper"), checkpoint_history_to_csv=False,
                  surrogate_model=sc.surrogate, acq_func=sc.acq_func,
-                 acq_func_kwargs={"kappa": sc.kappa}, n_initial_points=sc.initial_points)
+                 acq_func_kwargs={"kappa": sc.kappa}, n_initial_points=sc.initial_points,
+                 acq_optimizer=sc.acq_optimizer, acq_optimizer_kwargs={"n_points": sc.acq_points})
     names = set(space.names)
     if finished:  # warm start: the surrogate learns from every finished trial
         search.tell([(_complete(r.params, names), r.objective) for r in finished])

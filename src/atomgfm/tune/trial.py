@@ -195,7 +195,7 @@ def run_trial(trial_id: str, params: dict[str, Any], campaign: Campaign, campaig
         model = build_model(cfg.model, data.table, data.stats, seed=cfg.train.seed)
         trainer = Trainer(model, data, cfg, resume=False)
         hook, building = _Budget(directory, campaign, report, time.perf_counter()), False
-        trainer.fit(on_eval=hook)
+        trainer.fit(on_eval=hook, plot=False)
         result.steps = trainer.step
         if trainer.skipped_steps > trainer.step // 2:
             hook.failure = hook.failure or (f"diverged: {trainer.skipped_steps} of "

@@ -35,9 +35,9 @@ def run(args) -> int:
             raise ValueError("usage: atomgfm tune report DIR [--promote K]")
         from atomgfm.tune.report import promote, report
 
-        report(args.dir)
+        report(args.dir, echo=print)
         if args.promote:
-            promote(args.dir, args.promote, max_steps=args.max_steps)
+            promote(args.dir, args.promote, max_steps=args.max_steps, echo=print)
         return 0
     if args.dir or args.promote or args.max_steps:
         raise ValueError("DIR, --promote and --max-steps belong to 'atomgfm tune report DIR'")
@@ -52,7 +52,7 @@ def run(args) -> int:
     if args.evaluators:
         campaign.evaluators = args.evaluators
     run_campaign(campaign)
-    report(campaign.out_dir)
+    report(campaign.out_dir, echo=print)
     return 0
 
 
