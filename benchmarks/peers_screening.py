@@ -122,7 +122,23 @@ class Ours:
         return sum(flops(self.ff, b, heads, True) for b in batches) / len(atoms)
 
 
+def _peer_imports() -> None:
+    """mace-torch in the peer venv pins e3nn 0.4.4, which loads its constants under torch 2.13
+    only once ``import mace`` has set TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD (PEERS.md); our package
+    imports e3nn with its MACE backbone (unused here). Benchmark process only: no checkpoint is
+    loaded in it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        old = int(version("e3nn").split(".")[1]) < 6
+    except PackageNotFoundError:
+        return
+    if old:
+        import mace  # noqa: F401
+
+
 def main() -> None:
+    _peer_imports()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n-molecules", type=int, default=2048)
     p.add_argument("--n-alloys", type=int, default=32)
