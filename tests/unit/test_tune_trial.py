@@ -66,6 +66,10 @@ def test_trial_config_applies_params_and_the_trial_budget(tmp_path):
     assert all(d.forces_weight == 20.0 for d in cfg.data.datasets)
     assert (cfg.train.max_steps, cfg.train.eval_every, cfg.train.progress) == (4, 2, False)
     assert cfg.train.warmup_steps == 1  # shortened with the budget
+    assert cfg.train.ema_decay == 0.0  # horizon 0.1 x 4 steps -> at most 1 step
+    c.budget.steps = 150
+    assert trial_config(base, PAINN, c, tmp_path).train.ema_decay == pytest.approx(1 - 1 / 15)
+    c.budget.steps = 4
     full = trial_config(base, PAINN, None, tmp_path / "p")  # promotion: the base's budget
     assert (full.train.max_steps, full.train.eval_every) == (500, 100)
     other = trial_config(base, {"backbone": "schnet", "schnet.num_features": 40}, c, tmp_path)

@@ -42,8 +42,9 @@ _DATASETS: dict[str, list] = {}  # base config path -> loaded datasets (one read
 def trial_config(base: Config, params: dict[str, Any], campaign: Campaign | None,
                  out_dir: str | Path) -> Config:
     """``base`` with the sampled ``params`` applied; with a ``campaign``, the trial budget
-    (steps or a step cap for a time budget, eval_every) replaces the base's schedule, and
-    without one (promotion) the base config's own full budget is kept.
+    (steps or a step cap for a time budget, eval_every; warm-up and the EMA horizon shortened
+    to fit) replaces the base's schedule, and without one (promotion) the base config's own
+    full budget is kept.
 
     Raises ConfigError for a setting its backbone rejects (type, unknown key).
     """
@@ -74,6 +75,9 @@ def trial_config(base: Config, params: dict[str, Any], campaign: Campaign | None
         tr["log_every"] = int(min(tr["log_every"], b.eval_every))
         tr["warmup_steps"] = int(min(tr["warmup_steps"], max(tr["max_steps"] // 10, 1)))
         tr["progress"] = False
+        if b.steps is not None and b.ema_fraction is not None and tr["ema_decay"]:
+            horizon = max(b.ema_fraction * b.steps, 1.0)  # steps the EMA averages over
+            tr["ema_decay"] = float(min(tr["ema_decay"], 1.0 - 1.0 / horizon))
     return config_from_dict(raw)
 
 
