@@ -51,7 +51,7 @@ def _snapshot(out):
             for p in sorted((out / "trials").glob("*/result.json"))}
 
 
-def test_resume_reruns_only_unfinished_and_respects_max_evals(tmp_path, caplog):
+def test_resume_reruns_only_unfinished_and_respects_max_evals(tmp_path, caplog, capsys):
     path = write_campaign(tmp_path)
     caplog.set_level(logging.INFO, logger="atomgfm")
     first = run_campaign(load_campaign(path))
@@ -88,6 +88,17 @@ def test_resume_reruns_only_unfinished_and_respects_max_evals(tmp_path, caplog):
     assert (out / "promoted" / "1" / "best.pt").exists()
     saved = yaml.safe_load((out / "promoted" / "1" / "config.yaml").read_text())
     assert saved["data"]["datasets"][0]["path"] == "bulk.extxyz"  # the full data, not capped
+
+    from atomgfm.cli.main import main
+
+    capsys.readouterr()
+    assert main(["tune", "report", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"   1  {rows[0]['trial']}" in printed and "trajectories.png" in printed
+    assert main(["tune", "report"]) == 2
+    assert "usage: atomgfm tune report DIR" in capsys.readouterr().err
+    assert main(["tune", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml" in capsys.readouterr().err
 
 
 @pytest.fixture
