@@ -165,3 +165,13 @@ def test_failed_trials_are_results_with_reasons(tmp_path, bad_backbones):
     done, _ = read_trials(c.out_dir)
     assert [(r.id, r.status) for r in done] == [("0000", "failed"), ("0001", "failed")]
     assert (tmp_path / "campaign" / "trials" / "0000" / "error.txt").read_text()
+
+
+def test_a_time_budget_ends_the_trial_at_the_first_evaluation_past_it(tmp_path):
+    c = load_campaign(_campaign(tmp_path, budget={"seconds": 0.01, "eval_every": 1,
+                                                  "max_steps": 50}))
+    torch.set_num_threads(1)
+    r = run_trial("0000", PAINN, c, c.out_dir)
+    assert r.status == "ok" and r.steps == 1
+    assert load_config(tmp_path / "campaign" / "trials" / "0000" / "config.yaml"
+                       ).train.max_steps == 50
