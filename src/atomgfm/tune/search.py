@@ -9,7 +9,8 @@ The driver asks CBO for one configuration whenever an evaluator is free, writes 
 validation loss, or DeepHyper's ``"F..."`` objective for a failed trial). Resume: finished trials
 (those with ``result.json``) are told to the surrogate before the first ask (warm start) and never
 rerun; trials that started but never finished are rerun first, under their own ids and
-parameters; the total never exceeds ``max_evals``. A worker whose driver died exits at its next
+parameters; the total never exceeds ``max_evals``; the stopper compares new trials with the
+finished ones too (:func:`seed_stopper`). A worker whose driver died exits at its next
 evaluation without writing a result, so a killed campaign leaves no stray trial behind.
 """
 
@@ -51,6 +52,38 @@ def make_stopper(campaign: Campaign):
         return SuccessiveHalvingStopper(max_steps=full, min_steps=s.min_evals,
                                         reduction_factor=s.reduction_factor)
     return MedianStopper(max_steps=full, min_steps=s.min_evals, min_competing=s.min_competing)
+
+
+def seed_stopper(storage, search_id, campaign: Campaign, finished: list[TrialResult]) -> int:
+    """Give a resumed campaign's stopper the finished trials to compare against: for each, a
+    job in DeepHyper's storage holding what its stopper recorded live, minus the validation
+    loss at each halting budget its curve reached (``_completed_rung_k``; a trial that reached
+    rung k's budget was promoted at every earlier rung) and whether it ran the full budget.
+    Returns the number of trials seeded."""
+    s = campaign.stopper
+    if s.kind == "none":
+        return 0
+
+    def budget(k: int) -> float:  # the evaluation index of rung k, as each stopper counts it
+        if s.kind == "successive_halving":
+            return (s.min_evals - 1) + s.reduction_factor ** k
+        return s.min_evals + k  # median: every evaluation from min_evals on
+
+    seeded = 0
+    for r in finished:
+        losses = {c["eval"]: c["val_loss"] for c in r.curve
+                  if isinstance(c.get("val_loss"), int | float) and math.isfinite(c["val_loss"])}
+        if r.status == "failed" or not losses:
+            continue
+        job_id = storage.create_new_job(search_id)
+        k = 0
+        while budget(k) <= max(losses):
+            at = min(e for e in losses if e >= budget(k))
+            storage.store_job_metadata(job_id, f"_completed_rung_{k}", -losses[at])
+            k += 1
+        storage.store_job_metadata(job_id, "_completed", r.status == "ok")
+        seeded += 1
+    return seeded
 
 
 def _check_same_campaign(out: Path, campaign: Campaign) -> None:
@@ -140,6 +173,8 @@ def run_campaign(campaign: Campaign) -> list[TrialResult]:
                                                "campaign_dir": str(out)}})
     search.check_evaluator(evaluator)
     evaluator._stopper = make_stopper(campaign)  # what Search.search() does before its loop
+    # the stopper's competitors: the finished trials too (DeepHyper's storage, as it keeps it)
+    seed_stopper(evaluator._storage, evaluator._search_id, campaign, finished)
     pending = sorted(unfinished.items())[:left]
     next_id = next_trial_id(out)
     submitted, running = 0, 0
