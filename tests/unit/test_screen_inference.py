@@ -99,3 +99,34 @@ def test_atoms_list_is_a_source_with_ids_and_error_rows(ff, tmp_path):
     assert err[0] is None and err[1] is None and "multiplicity" in err[2]
     e = t.column("energy").to_numpy()
     assert np.isfinite(e[:2]).all() and np.isnan(e[2])
+
+
+def test_block_graphs_equal_structure_to_graph():
+    """Molecules searched together give structure_to_graph's fields and edge set; periodic
+    cells, single atoms and overlapping atoms take the ordinary path or its error."""
+    from ase.build import bulk, molecule
+
+    from atomgfm.calculators.ase_calculator import atoms_to_structure
+    from atomgfm.data.structure import StructureError
+    from atomgfm.screen.graphs import block_graphs
+
+    atoms = [molecule(n) for n in ("H2O", "C6H6", "CH3CH2OH", "NH3")]
+    atoms[1].positions *= 1.6  # benzene stretched: some pairs beyond the cutoff
+    clash = molecule("CH4")
+    clash.positions[1] = clash.positions[0] + [0.05, 0, 0]
+    atoms += [bulk("Cu", "fcc", a=3.6), molecule("H2O")[:1], clash]
+    structs = [atoms_to_structure(a) for a in atoms]
+    got = block_graphs(structs, 3.0)
+    for s, g in zip(structs[:6], got[:6], strict=True):
+        ref = structure_to_graph(s, 3.0)
+        assert set(g) == set(ref)
+        for k in ref:
+            if k in (K.EDGE_INDEX, K.CELL_SHIFTS):
+                continue
+            assert g[k].dtype == ref[k].dtype and np.array_equal(g[k], ref[k]), k
+        assert g[K.EDGE_INDEX].dtype == ref[K.EDGE_INDEX].dtype
+        edges, want = ({(a, b, *c) for a, b, c in zip(*x[K.EDGE_INDEX], x[K.CELL_SHIFTS].tolist(),
+                                                      strict=True)} for x in (g, ref))
+        assert edges == want and len(edges) == g[K.EDGE_INDEX].shape[1]
+    assert 0 < got[1][K.EDGE_INDEX].shape[1] < 12 * 11  # the cutoff dropped some pairs
+    assert isinstance(got[6], StructureError) and "overlapping atoms" in str(got[6])

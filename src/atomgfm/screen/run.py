@@ -28,12 +28,13 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
 from atomgfm import keys as K
-from atomgfm.data.graph import collate, structure_to_graph
+from atomgfm.data.graph import collate
 from atomgfm.data.mixing import packed_batches
 from atomgfm.data.structure import StructureError
 from atomgfm.precision import autocast, param_dtype, resolve_device
 from atomgfm.screen import results as R
 from atomgfm.screen.engine import blend, compile_backbone, screening_model
+from atomgfm.screen.graphs import block_graphs
 
 log = logging.getLogger(__name__)
 
@@ -184,14 +185,16 @@ class _Batches(IterableDataset):
 
     def _block(self, lo, rows):
         graphs, meta, errors = [], [], []
+        valid = [r for r in rows if r[3] is None]
+        built = iter(block_graphs([r[2] for r in valid], self.cutoff, self.needs))
         for i, cid, s, err in rows:
             if err is None:
-                try:
-                    graphs.append(structure_to_graph(s, self.cutoff, 0, self.needs))
+                g = next(built)
+                if not isinstance(g, StructureError):
+                    graphs.append(g)
                     meta.append((i, cid, s))
                     continue
-                except StructureError as exc:
-                    err = str(exc)
+                err = str(g)
             errors.append((i, cid, err))
         hi = lo + len(rows)
         packs = packed_batches([len(g[K.ATOMIC_NUMBERS]) for g in graphs],
@@ -216,11 +219,15 @@ class _Batches(IterableDataset):
 
 
 def _formula(numbers: np.ndarray) -> str:
-    """Hill formula of the whole structure, e.g. ``C6H4Cl2``."""
+    """Formula of the whole structure as ase.formula's "hill" writes it, e.g. ``C6H4Cl2``,
+    ``H3N``: C, then H, then the other elements alphabetically."""
     from ase.data import chemical_symbols
-    from ase.formula import Formula
 
-    return Formula.from_list([chemical_symbols[z] for z in numbers]).format("hill")
+    z, n = np.unique(numbers, return_counts=True)
+    counts = {chemical_symbols[a]: int(c) for a, c in zip(z, n, strict=True)}
+    first = [k for k in ("C", "H") if k in counts]
+    order = first + sorted(k for k in counts if k not in first)
+    return "".join(f"{k}{counts[k] if counts[k] > 1 else ''}" for k in order)
 
 
 class Screener:
