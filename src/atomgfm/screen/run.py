@@ -146,7 +146,8 @@ class AtomsCandidates:
         return {"kind": "atoms", "n": len(self.atoms)}
 
     def items(self, owned, chunk):
-        from atomgfm.calculators.ase_calculator import atoms_to_structure
+        from atomgfm.data.readers.convert import charge_and_spin
+        from atomgfm.data.structure import Structure
 
         n = len(self.atoms)
         for b in range((n + chunk - 1) // chunk):
@@ -155,8 +156,11 @@ class AtomsCandidates:
                 for i in range(b * chunk, min((b + 1) * chunk, n)):
                     a = self.atoms[i]
                     cid = str(a.info.get("id", f"atoms:{i}"))
-                    try:
-                        rows.append((i, cid, atoms_to_structure(a), None))
+                    try:  # as calculators.atoms_to_structure, with the id in the message
+                        charge, spin = charge_and_spin(a, f"Atoms {cid}")
+                        s = Structure(a.numbers, a.positions, a.cell.array, a.pbc,
+                                      charge=charge, spin=spin, source="atoms", index=i)
+                        rows.append((i, cid, s, None))
                     except StructureError as exc:
                         rows.append((i, cid, None, str(exc)))
                 yield b * chunk, rows
@@ -216,6 +220,11 @@ class _Batches(IterableDataset):
                    "cover": torch.from_numpy(cover),
                    "rows": [(meta[j][0], meta[j][1], _formula(s.numbers), s.n_atoms)
                             for j, s in zip(idx, structs, strict=True)]}
+
+
+def _as_is(item: dict) -> dict:
+    """Items pass through the DataLoader unchanged (its default conversion walks every row)."""
+    return item
 
 
 def _formula(numbers: np.ndarray) -> str:
@@ -387,7 +396,7 @@ class Screener:
         data = _Batches(source, s.chunk_size, rank, world, set(done), self.model.cutoff,
                         frozenset(self.model.backbone.needs), self.dtype, self.head_elements,
                         limits)
-        loader = DataLoader(data, batch_size=None, num_workers=s.workers,
+        loader = DataLoader(data, batch_size=None, collate_fn=_as_is, num_workers=s.workers,
                             prefetch_factor=4 if s.workers else None,
                             persistent_workers=False)
         pending: dict[int, dict] = {}
