@@ -20,7 +20,7 @@ from atomgfm import keys as K
 from atomgfm.models.backbones.base import Backbone, BackboneSettings, setting
 from atomgfm.nn.embedding import AtomEmbedding
 from atomgfm.nn.geometry import edge_vectors
-from atomgfm.nn.radial import BesselBasis, CosineCutoff
+from atomgfm.nn.radial import BesselBasis, CosineCutoff, GaussianBasis
 from atomgfm.nn.scatter import scatter_sum
 from atomgfm.registry import register
 
@@ -78,7 +78,9 @@ class PaiNNSettings(BackboneSettings):
     num_features: int = setting(64, range=(16, 256), log=True,
                                 doc="width F of scalar and vector channels")
     num_layers: int = setting(3, range=(1, 6), doc="message + update blocks")
-    num_rbf: int = setting(20, range=(8, 32), doc="Bessel radial functions")
+    num_rbf: int = setting(20, range=(8, 32), doc="radial basis functions")
+    radial: str = setting("bessel", choices=["bessel", "gaussian"],
+                          doc="radial basis: sin(nπr/r_c)/r or Gaussians on an even grid")
 
 
 @register("backbone", "painn")
@@ -89,7 +91,8 @@ class PaiNN(Backbone):
         num_features: width F of scalar and vector channels (default 64).
         num_layers: message + update blocks (default 3).
         cutoff: neighbour cutoff in Å (default 5.0).
-        num_rbf: Bessel radial functions (default 20).
+        num_rbf: radial basis functions (default 20).
+        radial: ``"bessel"`` (sin(nπr/r_c)/r, the paper's) or ``"gaussian"`` (SchNetPack's).
         max_charge, max_spin: range of the total-charge and multiplicity embeddings.
         elements, stats: the training elements and graph statistics (unused: PaiNN embeds every
             element and needs no neighbour-count normalisation).
@@ -103,7 +106,7 @@ class PaiNN(Backbone):
 
     def __init__(self, num_features: int = 64, num_layers: int = 3, cutoff: float = 5.0,
                  num_rbf: int = 20, max_charge: int = 6, max_spin: int = 8,
-                 elements=None, stats=None) -> None:
+                 elements=None, stats=None, radial: str = "bessel") -> None:
         super().__init__()
         if num_features < 1 or num_layers < 1:
             raise ValueError("PaiNN needs num_features >= 1 and num_layers >= 1")
@@ -111,7 +114,9 @@ class PaiNN(Backbone):
         self.max_charge, self.max_spin = int(max_charge), int(max_spin)
         self.num_scalar_features = self.num_vector_features = num_features
         self.embedding = AtomEmbedding(num_features, max_charge, max_spin)
-        self.rbf = BesselBasis(cutoff, num_rbf)
+        if radial not in ("bessel", "gaussian"):
+            raise ValueError(f"PaiNN radial must be 'bessel' or 'gaussian', got {radial!r}")
+        self.rbf = (BesselBasis if radial == "bessel" else GaussianBasis)(cutoff, num_rbf)
         self.fcut = CosineCutoff(cutoff)
         # The distance filters of all layers in one product (num_rbf -> layers x 3F).
         self.filters = nn.Linear(num_rbf, num_layers * 3 * num_features)
