@@ -23,9 +23,10 @@ from atomgfm.tune.records import read_trials  # noqa: E402
 from atomgfm.tune.report import promote, report  # noqa: E402
 from atomgfm.tune.search import run_campaign  # noqa: E402
 
+# tiny models around the base config (PaiNN preset S: 32 features, 2 layers, 12 rbf; 4 Å)
 TINY = {"cutoff": {"range": [3.5, 4.0]}, "lr": {"range": [1.0e-3, 5.0e-3]},
-        "painn.num_features": {"value": 16}, "painn.num_layers": {"value": 1},
-        "painn.num_rbf": {"range": [8, 10]}}
+        "painn.num_features": {"range": [16, 32]}, "painn.num_layers": {"range": [1, 2]},
+        "painn.num_rbf": {"range": [8, 12]}}
 
 
 def write_campaign(root, **over):
@@ -57,6 +58,9 @@ def test_resume_reruns_only_unfinished_and_respects_max_evals(tmp_path, caplog, 
     first = run_campaign(load_campaign(path))
     out = tmp_path / "campaign"
     assert [r.id for r in first] == ["0000", "0001"]
+    base = load_campaign(path).base_config()
+    assert first[0].params["painn.num_features"] == 32  # the base config comes first
+    assert first[0].params["lr"] == base.train.lr and first[0].params["cutoff"] == 4.0
     assert all(r.status in ("ok", "stopped") for r in first)
     assert "2/2 done" in caplog.text and "best" in caplog.text
     # trial 0001 "was killed": it started (params.json) but never wrote result.json
@@ -78,8 +82,12 @@ def test_resume_reruns_only_unfinished_and_respects_max_evals(tmp_path, caplog, 
         run_campaign(c)
 
     rows = report(out)
-    losses = [r["best_val_loss"] for r in rows]
-    assert losses == sorted(losses) and [r["rank"] for r in rows] == [1, 2, 3]
+    statuses = [r["status"] for r in rows]
+    assert statuses == sorted(statuses, key=lambda s: s != "ok")  # full budget first
+    for status in ("ok", "stopped"):
+        losses = [r["best_val_loss"] for r in rows if r["status"] == status]
+        assert losses == sorted(losses)
+    assert [r["rank"] for r in rows] == [1, 2, 3]
     for name in ("report.csv", "report.md", "trajectories.png"):
         assert (out / name).stat().st_size > 0
     assert (out / "report.md").read_text().count("\n| ") == 3

@@ -175,3 +175,20 @@ def test_a_time_budget_ends_the_trial_at_the_first_evaluation_past_it(tmp_path):
     assert r.status == "ok" and r.steps == 1
     assert load_config(tmp_path / "campaign" / "trials" / "0000" / "config.yaml"
                        ).train.max_steps == 50
+
+
+def test_the_base_config_is_a_point_of_the_space_when_it_fits(tmp_path):
+    from atomgfm.tune.trial import base_params
+
+    c = load_campaign(_campaign(tmp_path))
+    base = c.base_config()  # PaiNN preset S (32 features, 2 layers, 12 rbf), cutoff 4 Å
+    point, why = base_params(base, c.space_for(base))
+    assert why == "" and point["backbone"] == "painn"
+    assert (point["painn.num_features"], point["painn.num_layers"], point["painn.num_rbf"],
+            point["cutoff"], point["lr"], point["temperature"]) == (32, 2, 12, 4.0,
+                                                                   base.train.lr, 2.0)
+    assert set(point) == set(c.space_for(base).names)  # inactive families filled in
+    assert trial_config(base, point, None, tmp_path).model.backbone_kwargs["num_features"] == 32
+    c.space = {"painn.num_features": {"range": [16, 24]}}
+    point, why = base_params(base, c.space_for(base))
+    assert point is None and "painn.num_features = 32 is outside [16, 24]" in why

@@ -57,6 +57,7 @@ class StopperConfig:
 @dataclass
 class SearchConfig:
     initial_points: int = 4  # random configurations before the surrogate proposes
+    base_point: bool = True  # the first trial of a new campaign is the base config itself
     surrogate: str = "ET"  # DeepHyper's surrogate model (ET: extra trees)
     acq_func: str = "UCBd"
     kappa: float = 1.96  # exploration weight of UCB

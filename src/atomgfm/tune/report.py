@@ -29,12 +29,14 @@ COLUMNS = ("rank", "trial", "status", "backbone", "best_val_loss", "steps", "sec
 
 
 def rank(results: list[TrialResult]) -> list[TrialResult]:
-    """Trials with a finite best validation loss (ok or stopped) by that loss, then the rest."""
+    """Trials that ran their full budget (ok) by best validation loss, then the early-stopped
+    ones (fewer steps: not comparable) by theirs, then the failed ones."""
     def finite(r):
         return (r.status != "failed" and r.best_val_loss is not None
                 and math.isfinite(r.best_val_loss))
 
-    good = sorted((r for r in results if finite(r)), key=lambda r: (r.best_val_loss, r.id))
+    good = sorted((r for r in results if finite(r)),
+                  key=lambda r: (r.status != "ok", r.best_val_loss, r.id))
     return good + sorted((r for r in results if not finite(r)), key=lambda r: r.id)
 
 

@@ -142,7 +142,7 @@ def run_campaign(campaign: Campaign) -> list[TrialResult]:
     from deephyper.evaluator import Evaluator
     from deephyper.hpo import CBO
 
-    from atomgfm.tune.trial import run_job
+    from atomgfm.tune.trial import base_params, run_job
 
     out = Path(campaign.out_dir)
     _check_same_campaign(out, campaign)
@@ -158,7 +158,16 @@ def run_campaign(campaign: Campaign) -> list[TrialResult]:
     if left <= 0:
         return finished
     sc = campaign.search
+    start = []
+    if sc.base_point and not finished and not unfinished:  # a new campaign: the base first
+        point, why = base_params(base, space)
+        if point is None:
+            log.warning("search.base_point: the base config is not a point of this campaign's "
+                        "space (%s); starting from random points only", why)
+        else:
+            start = [point]
     search = CBO(space.problem(seed=campaign.seed), random_state=campaign.seed,
+                 initial_points=start or None,
                  log_dir=str(out / "deephyper"), checkpoint_history_to_csv=False,
                  surrogate_model=sc.surrogate, acq_func=sc.acq_func,
                  acq_func_kwargs={"kappa": sc.kappa}, n_initial_points=sc.initial_points,

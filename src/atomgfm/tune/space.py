@@ -58,6 +58,37 @@ class SearchSpace:
     def names(self) -> list[str]:
         return ["backbone"] + [d.name for d in self.dims]
 
+    def point(self, values: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+        """A full configuration from ``values`` (``backbone`` and the active hyperparameters),
+        inactive families' entries filled with placeholders as DeepHyper fills them; ``(None,
+        reason)`` when a value is missing or outside the (narrowed) space."""
+        family = values.get("backbone")
+        if family not in self.families:
+            return None, f"backbone {family!r} is not among {self.families}"
+        out: dict[str, Any] = {"backbone": family}
+        for d in self.dims:
+            active = d.family is None or d.family == family
+            if d.fixed:
+                out[d.name] = d.value
+                if active and d.name in values and values[d.name] != d.value:
+                    return None, f"{d.name} = {values[d.name]!r}, the campaign fixes {d.value!r}"
+                continue
+            if not active:
+                out[d.name] = d.choices[0] if d.choices is not None else d.range[0]
+                continue
+            if d.name not in values:
+                return None, f"no value for {d.name}"
+            v = values[d.name]
+            if d.choices is not None:
+                if v not in d.choices:
+                    return None, f"{d.name} = {v!r} is not among {d.choices}"
+            elif not d.range[0] <= v <= d.range[1]:
+                return None, f"{d.name} = {v!r} is outside {list(d.range)}"
+            elif isinstance(d.range[0], int) and isinstance(d.range[1], int):
+                v = int(v)
+            out[d.name] = v
+        return out, ""
+
     def problem(self, seed: int | None = None):
         """A DeepHyper ``HpProblem`` (ConfigSpace underneath) with the family conditions."""
         import ConfigSpace as cs

@@ -81,6 +81,23 @@ def trial_config(base: Config, params: dict[str, Any], campaign: Campaign | None
     return config_from_dict(raw)
 
 
+def base_params(base: Config, space) -> tuple[dict[str, Any] | None, str]:
+    """The base config as a point of ``space`` (its family, settings, cutoff, lr, force weight
+    and temperature), or ``(None, reason)`` when it lies outside the campaign's space."""
+    from atomgfm.models.build import backbone_settings
+
+    family = base.model.backbone
+    values: dict[str, Any] = {"backbone": family, "lr": base.train.lr,
+                              "temperature": base.data.temperature}
+    settings = dataclasses.asdict(backbone_settings(base.model))
+    values["cutoff"] = settings.pop("cutoff")
+    values.update({f"{family}.{k}": v for k, v in settings.items()})
+    weights = {d.forces_weight for d in base.data.datasets}
+    if len(weights) == 1:
+        values["forces_weight"] = weights.pop()
+    return space.point(values)
+
+
 def base_datasets(base: Config, key: str) -> list:
     """The base config's datasets, read once per process and kept under ``key``."""
     if key not in _DATASETS:
