@@ -221,15 +221,17 @@ def stream(args, device) -> None:
             return [("alloy", len(self))]
 
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="screen-bench-"))
-    samples = []
+    samples, times = [], []
 
     def on_chunk(path):
         samples.append(rss_mib())
+        times.append(time.perf_counter())
 
     n = len(First(gen, args.stream))
     print(f"streaming {n:,} candidates (8-atom binary fcc alloy cells, {args.heads} heads, "
           f"forces={args.forces}, compile={'off' if args.no_compile else 'auto'}, "
           f"{args.workers} workers) into {out}; RSS before {rss_mib():.0f} MiB", flush=True)
+    t_start = time.perf_counter()
     s = screener.run(GeneratedCandidates(First(gen, args.stream)), out, on_chunk=on_chunk)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -238,6 +240,10 @@ def stream(args, device) -> None:
           f"structures/s; {s['chunks']} chunks; RSS after each chunk: first {samples[0]:.0f}, "
           f"median {q[1]:.0f}, last {samples[-1]:.0f}, max {q[2]:.0f} MiB; peak RSS main "
           f"{peak:.0f} MiB, largest worker {child:.0f} MiB")
+    if len(times) > 1:  # the first chunk carries the start-up and the compilation
+        steady = args.chunk_size * (len(times) - 1) / (times[-1] - times[0])
+        print(f"after the first chunk {steady:.1f} structures/s: 1,000,000 candidates would "
+              f"take {1e6 / steady / 60:.0f} min (first chunk {times[0] - t_start:.1f} s)")
     if not args.out:
         shutil.rmtree(out)
 
