@@ -176,3 +176,32 @@ def test_a_killed_driver_resumes(tmp_path):
 
 def unfinished_params(out, tid):
     return json.loads((out / "trials" / tid / "params.json").read_text())["params"]
+
+
+@pytest.mark.slow
+def test_a_trial_process_killed_by_the_os_is_recorded_as_failed(tmp_path):
+    """A trial whose process is SIGKILLed (as the OOM killer does) is run again once, then
+    recorded as failed; the campaign goes on to max_evals."""
+    painn = registry.get("backbone", "painn")
+
+    class Killed(painn):
+        def forward(self, batch):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    registry.register("backbone", "killed")(Killed)
+    try:
+        space = {**TINY, "killed.num_features": {"value": 16}, "killed.num_layers": {"value": 1}}
+        path = write_campaign(tmp_path, method="process", backbones=["killed", "painn"],
+                              max_evals=3, stopper={"kind": "none"}, space=space,
+                              search={"initial_points": 3, "base_point": False}, seed=0)
+        results = run_campaign(load_campaign(path))
+    finally:
+        registry._REGISTRY["backbone"].pop("killed", None)
+    assert len(results) == 3
+    killed = [r for r in results if r.family == "killed"]
+    assert killed, "seed 0 draws the killed family"
+    for r in killed:
+        assert r.status == "failed" and "died twice" in r.error
+    assert all(r.status == "ok" for r in results if r.family == "painn")
+    done, unfinished = read_trials(tmp_path / "campaign")
+    assert len(done) == 3 and not unfinished

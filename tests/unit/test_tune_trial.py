@@ -192,3 +192,16 @@ def test_the_base_config_is_a_point_of_the_space_when_it_fits(tmp_path):
     c.space = {"painn.num_features": {"range": [16, 24]}}
     point, why = base_params(base, c.space_for(base))
     assert point is None and "painn.num_features = 32 is outside [16, 24]" in why
+
+
+def test_the_shipped_demo_campaign_is_valid():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    c = load_campaign(root / "configs" / "tune_demo.yaml")
+    base = c.base_config()
+    assert c.space_for(base).families == ["painn", "schnet", "egnn"]
+    from atomgfm.tune.trial import base_params
+
+    point, why = base_params(base, c.space_for(base))
+    assert point is not None, why  # demo.yaml is the campaign's first trial

@@ -31,6 +31,7 @@ from atomgfm.tune.records import (
     read_trials,
     trial_dir,
     write_params,
+    write_result,
 )
 
 log = logging.getLogger(__name__)
@@ -175,21 +176,39 @@ def run_campaign(campaign: Campaign) -> list[TrialResult]:
     names = set(space.names)
     if finished:  # warm start: the surrogate learns from every finished trial
         search.tell([(_complete(r.params, names), r.objective) for r in finished])
-    evaluator = Evaluator.create(
-        run_job, method=campaign.method,
-        method_kwargs={"num_workers": campaign.evaluators,
-                       "run_function_kwargs": {"campaign": campaign.to_dict(),
-                                               "campaign_dir": str(out)}})
-    search.check_evaluator(evaluator)
-    evaluator._stopper = make_stopper(campaign)  # what Search.search() does before its loop
-    # the stopper's competitors: the finished trials too (DeepHyper's storage, as it keeps it)
-    seed_stopper(evaluator._storage, evaluator._search_id, campaign, finished)
+    def new_evaluator():
+        ev = Evaluator.create(
+            run_job, method=campaign.method,
+            method_kwargs={"num_workers": campaign.evaluators,
+                           "run_function_kwargs": {"campaign": campaign.to_dict(),
+                                                   "campaign_dir": str(out)}})
+        search.check_evaluator(ev)
+        ev._stopper = make_stopper(campaign)  # what Search.search() does before its loop
+        # the stopper's competitors: the finished trials too (DeepHyper's storage)
+        seed_stopper(ev._storage, ev._search_id, campaign, results)
+        return ev
+
+    results = list(finished)
+    evaluator = new_evaluator()
     pending = sorted(unfinished.items())[:left]
     next_id = next_trial_id(out)
-    submitted, running = 0, 0
-    results = list(finished)
+    submitted = 0
+    running: dict[str, dict] = {}  # trial id -> params, in flight
+    broken: dict[str, int] = {}  # trial id -> times its process pool broke under it
+
+    def finish(tid: str, params: dict, fallback: str) -> None:
+        done, _ = read_trials(out)
+        r = next((x for x in done if x.id == tid), None)
+        if r is None:  # the run function ended without writing its result: record why
+            r = TrialResult(tid, params, "failed", error=fallback)
+            write_result(trial_dir(out, tid), r)
+        search.tell([(_complete(params, names), r.objective)])
+        results.append(r)
+        progress.add(r)
+        log.info("%s", progress.line(r))
+
     while True:
-        while running < campaign.evaluators and submitted < left:
+        while len(running) < campaign.evaluators and submitted < left:
             if pending:
                 tid, params = pending.pop(0)
             else:
@@ -197,22 +216,36 @@ def run_campaign(campaign: Campaign) -> list[TrialResult]:
                 tid, next_id = format_id(next_id), next_id + 1
             write_params(trial_dir(out, tid), tid, params)  # a kill from now on: rerun it
             evaluator.submit([{**params, "trial_id": tid}])
-            submitted, running = submitted + 1, running + 1
+            running[tid] = params
+            submitted += 1
         if not running:
             break
-        for job in evaluator.gather("BATCH", size=1):
-            running -= 1
-            params = {k: v for k, v in job.args.items() if k != "trial_id"}
-            done, _ = read_trials(out)
-            r = next((x for x in done if x.id == job.args["trial_id"]), None)
-            if r is None:  # the run function died before writing its result
-                r = TrialResult(job.args["trial_id"], params, "failed",
-                                error=f"error: the trial process ended without a result "
-                                      f"({job.output})")
-            search.tell([(_complete(params, names), r.objective)])
-            results.append(r)
-            progress.add(r)
-            log.info("%s", progress.line(r))
+        try:
+            jobs = evaluator.gather("BATCH", size=1)
+        except Exception as exc:  # noqa: BLE001 - a trial process died (OS OOM killer, signal)
+            # The pool is gone with every trial in it, and which one died is unknown: each is
+            # run again once; a trial under which a pool breaks twice is recorded as failed.
+            log.warning("a trial process died (%s: %s); trials %s run again, a second death "
+                        "fails them", type(exc).__name__, exc, sorted(running))
+            # its tasks all raise the same error: drop them, or closing it would re-raise it
+            evaluator._tasks_done, evaluator._tasks_running = [], []
+            evaluator.close()
+            evaluator = new_evaluator()
+            for tid, params in sorted(running.items()):
+                broken[tid] = broken.get(tid, 0) + 1
+                if broken[tid] >= 2:
+                    finish(tid, params, f"out of memory?: the trial process died twice "
+                                        f"({type(exc).__name__}: {exc})")
+                else:
+                    pending.insert(0, (tid, params))
+                    submitted -= 1
+            running.clear()
+            continue
+        for job in jobs:
+            tid = job.args["trial_id"]
+            params = running.pop(tid)
+            finish(tid, params, f"error: the trial process ended without a result "
+                                f"({job.output})")
     evaluator.close()
     return sorted(results, key=lambda r: r.id)
 

@@ -170,7 +170,10 @@ def _reason(exc: BaseException, building: bool) -> str:
     were being built) or ``error: ...`` (raised while training)."""
     import torch
 
-    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+    text = str(exc).lower()
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError) or (
+            isinstance(exc, RuntimeError)
+            and ("can't allocate memory" in text or "out of memory" in text)):
         return f"out of memory: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
     msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
     if building or isinstance(exc, ConfigError):
