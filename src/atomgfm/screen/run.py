@@ -216,8 +216,11 @@ class _Batches(IterableDataset):
             # a head covers a structure when it knows every element of it
             cover = ~(present[:, None, :] & ~self.head_elements[None]).any(-1)  # (S, H)
             yield {"block": (lo, hi), "n": n, "errors": errors if k == 0 else [],
-                   "batch": collate([graphs[j] for j in idx], self.dtype),
-                   "cover": torch.from_numpy(cover),
+                   # as NumPy arrays: a worker hands them over through its pipe in one
+                   # pickle, where tensors would each get a shared-memory segment
+                   "batch": {k: v.numpy() for k, v in
+                             collate([graphs[j] for j in idx], self.dtype).items()},
+                   "cover": cover,
                    "rows": [(meta[j][0], meta[j][1], _formula(s.numbers), s.n_atoms)
                             for j, s in zip(idx, structs, strict=True)]}
 
@@ -409,7 +412,8 @@ class Screener:
                 lo, hi = item["block"]
                 p = pending.setdefault(lo, {"hi": hi, "left": item["n"], "parts": []})
                 if item["batch"] is not None:
-                    cols = self.score(item["batch"], item["cover"])
+                    batch = {k: torch.from_numpy(v) for k, v in item["batch"].items()}
+                    cols = self.score(batch, torch.from_numpy(item["cover"]))
                     p["parts"].append((item["rows"], cols))
                     n_scored += len(item["rows"])
                 for e in item["errors"]:
