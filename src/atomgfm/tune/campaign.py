@@ -86,7 +86,9 @@ class Campaign:
 
     @property
     def threads_per_trial(self) -> int:
-        return self.threads or max(1, (os.cpu_count() or 1) // self.evaluators)
+        cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                 else os.cpu_count() or 1)  # the cores this process may use (affinity mask)
+        return self.threads or max(1, cores // self.evaluators)
 
     @property
     def evals_per_trial(self) -> int | None:
