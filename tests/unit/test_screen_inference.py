@@ -130,3 +130,26 @@ def test_block_graphs_equal_structure_to_graph():
         assert edges == want and len(edges) == g[K.EDGE_INDEX].shape[1]
     assert 0 < got[1][K.EDGE_INDEX].shape[1] < 12 * 11  # the cutoff dropped some pairs
     assert isinstance(got[6], StructureError) and "overlapping atoms" in str(got[6])
+
+
+@pytest.mark.slow
+def test_compiled_screen_run_with_a_worker_equals_the_eager_run(ff, tmp_path):
+    """``compile="on"`` through Screener.run, graphs built in a worker process forked after the
+    compilation machinery started: the same rows and energies as the eager in-process run."""
+    from atomgfm.screen.results import read_results
+
+    g = CandidateGenerator(SPEC)
+    table = [{"name": h, "id": k, "elements": list(range(1, 84))} for k, h in enumerate(HEADS)]
+    tables = {}
+    for name, kw in {"eager": {"compile": "off", "workers": 0},
+                     "compiled": {"compile": "on", "workers": 1}}.items():
+        settings = ScreenSettings(progress=False, device="cpu", precision="fp64", forces=True,
+                                  chunk_size=6, **kw)
+        sc = Screener(ff, table, None, None, settings, "<test>")
+        sc.run(g, tmp_path / name)
+        assert sc.compiled == (name == "compiled")
+        tables[name] = read_results(tmp_path / name)
+    assert tables["compiled"].column("id").to_pylist() == tables["eager"].column("id").to_pylist()
+    for col in ("energy", "fmax"):
+        np.testing.assert_allclose(tables["compiled"].column(col).to_numpy(),
+                                   tables["eager"].column(col).to_numpy(), rtol=0, atol=1e-10)
