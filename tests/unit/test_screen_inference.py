@@ -99,6 +99,10 @@ def test_atoms_list_is_a_source_with_ids_and_error_rows(ff, tmp_path):
     assert err[0] is None and err[1] is None and "multiplicity" in err[2]
     e = t.column("energy").to_numpy()
     assert np.isfinite(e[:2]).all() and np.isnan(e[2])
+    other = [a.copy() for a in atoms]
+    other[1].positions[0, 0] += 0.1
+    with pytest.raises(ValueError, match="different screen"):
+        Screener(ff, table, None, None, settings, "<test>").run(other, tmp_path)
 
 
 def test_block_graphs_equal_structure_to_graph():

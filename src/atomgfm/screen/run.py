@@ -143,7 +143,16 @@ class AtomsCandidates:
         return len(self.atoms)
 
     def describe(self) -> dict:
-        return {"kind": "atoms", "n": len(self.atoms)}
+        """Kind, count and a digest of every Atoms' numbers, positions, cell, pbc and info
+        (so a resume into the same folder with other Atoms is refused)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for a in self.atoms:
+            for x in (a.numbers, a.positions, a.cell.array, a.pbc):
+                h.update(np.ascontiguousarray(x).tobytes())
+            h.update(repr(sorted(a.info.items(), key=lambda kv: str(kv[0]))).encode())
+        return {"kind": "atoms", "n": len(self.atoms), "digest": h.hexdigest()[:16]}
 
     def items(self, owned, chunk):
         from atomgfm.data.readers.convert import charge_and_spin
