@@ -333,7 +333,8 @@ def compare(out: Path, figure: Path | None) -> None:
         ax.set_ylabel(f"validation {unit}")
         ax.set_yscale("log")
         ax.legend()
-    fig.suptitle("MACE 128x0e, ℓ≤3, ν=3, 2 layers on EMT alloys (1,350 / 150)")
+    fig.suptitle(f"MACE 128x0e, ℓ≤3, ν=3, 2 layers on EMT alloys ({o['n_train']:,} / "
+                 f"{o['n_val']}), seed {o['settings']['seed']}")
     fig.tight_layout()
     figure.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(figure, dpi=120)
