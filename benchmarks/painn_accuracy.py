@@ -54,15 +54,17 @@ CUTOFF = 5.0
 SETS = {  # name: (file, level of theory, neutral closed-shell only, batch size)
     "mol2400": ("/tmp/painn_acc/mol_gfn2_2400.extxyz", "GFN2-xTB", True, 16),
     "mol_demo": (str(ROOT / "demo_data" / "mol_gfn2.extxyz"), "GFN2-xTB", True, 16),
-    "alloy": (str(ROOT / "demo_data" / "alloy_emt.extxyz"), "EMT", False, 10),
+    "alloy": (str(ROOT / "demo_data" / "alloy_emt.extxyz"), "EMT", False, 4),
 }
 # our model's variants: backbone_kwargs (and head settings) each hypothesis changes
 VARIANTS: dict[str, dict] = {
-    "default": {},
+    "default": {},  # whatever the installed atomgfm's defaults are
+    "bessel": {"backbone_kwargs": {"radial": "bessel"}},  # the radial basis before issue 14
     "gauss": {"backbone_kwargs": {"radial": "gaussian"}},  # SchNetPack's radial basis
-    "escale": {"head": "energy_std"},  # head scale = std of per-atom energy, mean shift
-    "xavier": {"init": "xavier"},  # SchNetPack's Dense init: Xavier-uniform weights, zero bias
-    "wd0": {},  # (with --weight-decay 0 in the run)
+    # on the Bessel basis: head scale = std of per-atom residual energy, shifted by its mean
+    "escale": {"backbone_kwargs": {"radial": "bessel"}, "head": "energy_std"},
+    # on the Bessel basis: SchNetPack's Dense init (Xavier-uniform weights, zero biases)
+    "xavier": {"backbone_kwargs": {"radial": "bessel"}, "init": "xavier"},
 }
 
 
