@@ -145,7 +145,7 @@ def test_a_killed_driver_resumes(tmp_path):
     its parameters, keeps 0000 and stops at max_evals."""
     psutil = pytest.importorskip("psutil")
     path = write_campaign(tmp_path, method="process", max_evals=3,
-                          budget={"steps": 40, "eval_every": 2})
+                          budget={"steps": 40, "eval_every": 2}, stopper={"kind": "none"})
     out = tmp_path / "campaign"
     cmd = [sys.executable, "-m", "atomgfm.cli.main", "tune", str(path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
