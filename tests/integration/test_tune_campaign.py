@@ -88,6 +88,7 @@ def test_resume_reruns_only_unfinished_and_respects_max_evals(tmp_path, caplog, 
         losses = [r["best_val_loss"] for r in rows if r["status"] == status]
         assert losses == sorted(losses)
     assert [r["rank"] for r in rows] == [1, 2, 3]
+    assert [r["trial"] for r in rows if r["settings"].startswith("base config: ")] == ["0000"]
     for name in ("report.csv", "report.md", "trajectories.png"):
         assert (out / name).stat().st_size > 0
     assert (out / "report.md").read_text().count("\n| ") == 3

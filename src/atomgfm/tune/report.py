@@ -52,7 +52,35 @@ def _fmt(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def table_rows(results: list[TrialResult]) -> list[dict[str, Any]]:
+def base_trial(campaign_dir: Path, results: list[TrialResult]) -> str | None:
+    """The id of the trial that trained the base config itself (``search.base_point``)."""
+    saved = Path(campaign_dir) / "campaign.yaml"
+    if not saved.exists():
+        return None
+    from atomgfm.tune.campaign import campaign_from_dict
+    from atomgfm.tune.trial import base_params
+
+    campaign = campaign_from_dict(yaml.safe_load(saved.read_text()), where=str(saved))
+    base = campaign.base_config()
+    point, _ = base_params(base, campaign.space_for(base))
+    if point is None:
+        return None
+    want = split_params(point)  # the active entries (inactive families' placeholders differ)
+
+    def same(a, b) -> bool:
+        if isinstance(a, dict):
+            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, float) or isinstance(b, float):
+            return math.isclose(float(a), float(b), rel_tol=1e-9)
+        return a == b
+
+    return next((r.id for r in results
+                 if all(same(x, y) for x, y in zip(split_params(r.params), want, strict=True))),
+                None)
+
+
+def table_rows(results: list[TrialResult], base: str | None = None) -> list[dict[str, Any]]:
+    """One row per trial, best first; ``base``: the base config's trial, marked as such."""
     rows = []
     for i, r in enumerate(rank(results)):
         ranked = r.status != "failed" and r.best_val_loss is not None
@@ -61,7 +89,8 @@ def table_rows(results: list[TrialResult]) -> list[dict[str, Any]]:
                      "best_val_loss": (round(r.best_val_loss, 5)
                                        if r.best_val_loss is not None else ""),
                      "steps": r.steps, "seconds": round(r.seconds, 1),
-                     "settings": _settings(r.params), "error": r.error})
+                     "settings": ("base config: " if r.id == base else "")
+                     + _settings(r.params), "error": r.error})
     return rows
 
 
@@ -140,7 +169,7 @@ def report(campaign_dir: str | Path, echo=None) -> list[dict[str, Any]]:
     results, unfinished = read_trials(directory)
     if not results:
         raise ValueError(f"{directory}: no finished trial yet")
-    rows = table_rows(results)
+    rows = table_rows(results, base_trial(directory, results))
     echo(format_table(rows))
     csv_path, md_path = write_tables(rows, directory)
     png = plot_trajectories(results, directory / "trajectories.png")
