@@ -28,8 +28,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=2400, help="molecules to label")
     p.add_argument("--seed", type=int, default=14)
     p.add_argument("--max-atoms", type=int, default=12)
-    p.add_argument("--out", default=str(Path.home() / ".cache" / "atomgfm" /
-                                        "mol_gfn2_2400.extxyz"))
+    p.add_argument("--out", default="/tmp/painn_acc/mol_gfn2_2400.extxyz",
+                   help="where painn_accuracy.py looks for it (its --data overrides)")
     args = p.parse_args()
     from ase.io import write
 
