@@ -324,8 +324,8 @@ def table(args) -> None:
         return f"{xs.mean():.1f} ± {(xs.max() - xs.min()) / 2:.1f}"
 
     print("\n| set (train/val) | model | seeds | steps | ms/step | val E MAE meV/atom | "
-          "val F MAE meV/Å | best-val F (step) | train F MAE meV/Å |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "val F MAE meV/Å | best-val F (step) | train E MAE meV/atom | train F MAE meV/Å |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for (s, m), rs in sorted(groups.items()):
         fin = [r["curve"][-1] for r in rs]
         best = [min(r["curve"], key=lambda c: c["val_F"]) for r in rs]
@@ -334,7 +334,7 @@ def table(args) -> None:
               f"{np.mean([r['ms_per_step'] for r in rs]):.0f} | "
               f"{ms([c['val_E'] for c in fin])} | {ms([c['val_F'] for c in fin])} | "
               f"{ms([c['val_F'] for c in best])} ({','.join(str(c['step']) for c in best)}) | "
-              f"{ms([c['train_F'] for c in fin])} |")
+              f"{ms([c['train_E'] for c in fin])} | {ms([c['train_F'] for c in fin])} |")
     try:
         import matplotlib
 
