@@ -26,10 +26,10 @@ Each side keeps its own output scaling, as a user of either gets it: ours, the h
 SchNetPack, per-atom outputs scaled by the standard deviation and shifted by the mean of the
 training per-atom residual energies (its ``AddOffsets``/``ScaleShift`` idea).
 
-Every ``--eval-every`` steps: validation and training (a fixed subset of ≤ 300 training
-structures) energy MAE (meV/atom) and force MAE (meV/Å, per component), EMA weights. ``table``
-prints the final and best-validation figures, mean ± half-range over seeds, writes
-``curves.csv`` and draws ``curves_<set>.png``.
+Every ``--eval-every`` steps: validation and training (a fixed subset of ``--train-eval``
+training structures, default 300) energy MAE (meV/atom) and force MAE (meV/Å, per component),
+EMA weights. ``table`` prints the final and best-validation figures, mean ± half-range over
+seeds, writes ``curves.csv`` and draws ``benchmarks/figures/painn_accuracy_<set>.png``.
 """
 
 from __future__ import annotations
@@ -223,7 +223,7 @@ def run_one(args) -> None:
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     ema = EMA(params, args.ema_decay)
     order = batch_order(len(ds.train), batch_size, args.steps, args.seed)
-    train_idx = np.random.default_rng(1234).permutation(len(ds.train))[:300].tolist()
+    train_idx = np.random.default_rng(1234).permutation(len(ds.train))[:args.train_eval].tolist()
     tag = f"[{args.set} {args.model}/{args.variant} seed {args.seed}]"
     print(f"{tag} {len(ds.train)} train / {len(ds.val)} val, {n_params:,} parameters, batch "
           f"{batch_size}, {args.steps} steps", flush=True)
@@ -288,7 +288,8 @@ def grid(args) -> None:
                        "--variant", variant or "default", "--seed", str(seed),
                        "--steps", str(args.steps_for.get(s, args.steps)),
                        "--eval-every", str(args.eval_every), "--out", args.out,
-                       "--lr", str(args.lr), "--weight-decay", str(args.weight_decay)]
+                       "--lr", str(args.lr), "--weight-decay", str(args.weight_decay),
+                       "--train-eval", str(args.train_eval)]
                 jobs.append(cmd)
     running: list[subprocess.Popen] = []
     for cmd in jobs:
@@ -400,6 +401,8 @@ def main() -> None:
         q.add_argument("--forces-weight", type=float, default=10.0)
         q.add_argument("--ema-decay", type=float, default=0.99)
         q.add_argument("--clip", type=float, default=10.0)
+        q.add_argument("--train-eval", type=int, default=300,
+                       help="training structures whose errors each evaluation records")
     for q in (r, g, t):
         q.add_argument("--out", default="/tmp/painn_acc/runs")
         q.add_argument("--figures", default=str(ROOT / "benchmarks" / "figures"))
