@@ -53,7 +53,8 @@ def _snapshot(out):
 
 
 def test_resume_reruns_only_unfinished_and_respects_max_evals(tmp_path, caplog, capsys):
-    path = write_campaign(tmp_path)
+    # 4 initial points: the resumed search still proposes random points after two finished
+    path = write_campaign(tmp_path, search={"initial_points": 4})
     caplog.set_level(logging.INFO, logger="atomgfm")
     first = run_campaign(load_campaign(path))
     out = tmp_path / "campaign"
@@ -75,6 +76,8 @@ def test_resume_reruns_only_unfinished_and_respects_max_evals(tmp_path, caplog, 
     assert [r.id for r in results] == ["0000", "0001", "0002"]
     assert _snapshot(out)["0000"] == kept["0000"]  # finished: never rerun
     assert results[1].params == params_1  # unfinished: rerun with its own parameters
+    # a new proposal, not a finished trial's point again (the resumed search's random stream)
+    assert results[2].params not in (results[0].params, results[1].params)
     # a finished campaign does nothing more; a different search in the same dir is refused
     assert len(run_campaign(c)) == 3 and _snapshot(out)["0002"]
     c.budget.steps = 6
@@ -166,17 +169,14 @@ def test_a_killed_driver_resumes(tmp_path):
     finished, unfinished = read_trials(out)
     assert [r.id for r in finished] == ["0000"] and list(unfinished) == ["0001"]
     kept = _snapshot(out)["0000"]
+    params_1 = json.loads((out / "trials" / "0001" / "params.json").read_text())["params"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     finished, unfinished = read_trials(out)
     assert [r.id for r in finished] == ["0000", "0001", "0002"] and not unfinished
     assert _snapshot(out)["0000"] == kept
-    assert finished[1].params == unfinished_params(out, "0001")
+    assert finished[1].params == params_1  # rerun with the parameters it started with
     assert "1 trials finished, 1 unfinished (rerun), 2 to go" in done.stderr
-
-
-def unfinished_params(out, tid):
-    return json.loads((out / "trials" / tid / "params.json").read_text())["params"]
 
 
 @pytest.mark.slow

@@ -167,7 +167,11 @@ def run_campaign(campaign: Campaign) -> list[TrialResult]:
                         "space (%s); starting from random points only", why)
         else:
             start = [point]
-    search = CBO(space.problem(seed=campaign.seed), random_state=campaign.seed,
+    # A resumed search draws from another random stream: CBO does not count the points told to
+    # it as sampled, so the campaign's own seed would propose the finished random trials again.
+    next_id = next_trial_id(out)
+    seed = campaign.seed + next_id
+    search = CBO(space.problem(seed=seed), random_state=seed,
                  initial_points=start or None,
                  log_dir=str(out / "deephyper"), checkpoint_history_to_csv=False,
                  surrogate_model=sc.surrogate, acq_func=sc.acq_func,
@@ -191,7 +195,6 @@ def run_campaign(campaign: Campaign) -> list[TrialResult]:
     results = list(finished)
     evaluator = new_evaluator()
     pending = sorted(unfinished.items())[:left]
-    next_id = next_trial_id(out)
     submitted = 0
     running: dict[str, dict] = {}  # trial id -> params, in flight
     broken: dict[str, int] = {}  # trial id -> times its process pool broke under it
