@@ -226,15 +226,18 @@ def run_campaign(campaign: Campaign) -> list[TrialResult]:
         try:
             jobs = evaluator.gather("BATCH", size=1)
         except Exception as exc:  # noqa: BLE001 - a trial process died (OS OOM killer, signal)
-            # The pool is gone with every trial in it, and which one died is unknown: each is
-            # run again once; a trial under which a pool breaks twice is recorded as failed.
+            # The pool is gone with every trial in it, and which one died is unknown: each that
+            # has no result yet is run again once; a trial under which a pool breaks twice is
+            # recorded as failed.
             log.warning("a trial process died (%s: %s); trials %s run again, a second death "
                         "fails them", type(exc).__name__, exc, sorted(running))
             # its tasks all raise the same error: drop them, or closing it would re-raise it
             evaluator._tasks_done, evaluator._tasks_running = [], []
             evaluator.close()
-            evaluator = new_evaluator()
             for tid, params in sorted(running.items()):
+                if (trial_dir(out, tid) / "result.json").exists():  # it finished before the break
+                    finish(tid, params, "")
+                    continue
                 broken[tid] = broken.get(tid, 0) + 1
                 if broken[tid] >= 2:
                     finish(tid, params, f"out of memory?: the trial process died twice "
@@ -243,6 +246,7 @@ def run_campaign(campaign: Campaign) -> list[TrialResult]:
                     pending.insert(0, (tid, params))
                     submitted -= 1
             running.clear()
+            evaluator = new_evaluator()  # its stopper seeded with the results finished above
             continue
         for job in jobs:
             tid = job.args["trial_id"]
