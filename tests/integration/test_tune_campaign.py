@@ -111,6 +111,10 @@ def test_resume_reruns_only_unfinished_and_respects_max_evals(tmp_path, caplog, 
     assert "usage: atomgfm tune report DIR" in capsys.readouterr().err
     assert main(["tune", str(tmp_path / "nope.yaml")]) == 2
     assert "nope.yaml" in capsys.readouterr().err
+    assert main(["tune", str(path), "--max-evals", "0"]) == 2  # refused, not ignored
+    assert "--max-evals must be >= 1" in capsys.readouterr().err
+    assert main(["tune", "report", str(out), "--promote", "0"]) == 2
+    assert "--promote must be >= 1" in capsys.readouterr().err
 
 
 @pytest.fixture

@@ -192,6 +192,8 @@ def promote(campaign_dir: str | Path, k: int, max_steps: int | None = None,
     directory = Path(campaign_dir)
     if k < 1:
         raise ValueError(f"--promote must be >= 1, got {k}")
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"--max-steps must be >= 1, got {max_steps}")
     saved = directory / "campaign.yaml"
     if not saved.exists():
         raise FileNotFoundError(f"{directory}: no campaign.yaml (not a campaign directory)")
@@ -206,7 +208,7 @@ def promote(campaign_dir: str | Path, k: int, max_steps: int | None = None,
     for i, r in enumerate(top, start=1):
         run_dir = directory / "promoted" / str(i)
         cfg = trial_config(base, r.params, None, run_dir)
-        if max_steps:
+        if max_steps is not None:
             cfg.train.max_steps = max_steps
         echo(f"promoting rank {i}: trial {r.id} ({r.family}, campaign val loss "
              f"{r.best_val_loss:.4f}) for {cfg.train.max_steps} steps into {run_dir}")

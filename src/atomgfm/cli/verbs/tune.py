@@ -36,10 +36,10 @@ def run(args) -> int:
         from atomgfm.tune.report import promote, report
 
         report(args.dir, echo=print)
-        if args.promote:
+        if args.promote is not None:
             promote(args.dir, args.promote, max_steps=args.max_steps, echo=print)
         return 0
-    if args.dir or args.promote or args.max_steps:
+    if args.dir or args.promote is not None or args.max_steps is not None:
         raise ValueError("DIR, --promote and --max-steps belong to 'atomgfm tune report DIR'")
     _require_deephyper()
     from atomgfm.tune.campaign import load_campaign
@@ -47,10 +47,12 @@ def run(args) -> int:
     from atomgfm.tune.search import run_campaign
 
     campaign = load_campaign(args.target)
-    if args.max_evals:
-        campaign.max_evals = args.max_evals
-    if args.evaluators:
-        campaign.evaluators = args.evaluators
+    for name in ("max_evals", "evaluators"):
+        value = getattr(args, name)
+        if value is not None:
+            if value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+            setattr(campaign, name, value)
     run_campaign(campaign)
     report(campaign.out_dir, echo=print)
     return 0
