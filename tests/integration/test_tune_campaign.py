@@ -97,8 +97,8 @@ def test_resume_reruns_only_unfinished_and_respects_max_evals(tmp_path, caplog, 
     assert (out / "report.md").read_text().count("\n| ") == 3
     summary = promote(out, 1, max_steps=2)
     assert summary[0]["trial"] == rows[0]["trial"] and summary[0]["steps"] == 2
-    assert (out / "promoted" / "1" / "best.pt").exists()
-    saved = yaml.safe_load((out / "promoted" / "1" / "config.yaml").read_text())
+    assert (out / "promoted" / rows[0]["trial"] / "best.pt").exists()  # named by trial
+    saved = yaml.safe_load((out / "promoted" / rows[0]["trial"] / "config.yaml").read_text())
     assert saved["data"]["datasets"][0]["path"] == "bulk.extxyz"  # the full data, not capped
 
     from atomgfm.cli.main import main

@@ -181,8 +181,9 @@ def report(campaign_dir: str | Path, echo=None) -> list[dict[str, Any]]:
 def promote(campaign_dir: str | Path, k: int, max_steps: int | None = None,
             echo=None) -> list[dict[str, Any]]:
     """Retrain the top ``k`` configurations on the base config's full data and budget
-    (``max_steps`` overrides the budget) into ``campaign_dir/promoted/<rank>/``; resumable
-    (a rerun continues each from its ``last.pt``). Returns one summary per promoted trial."""
+    (``max_steps`` overrides the budget) into ``campaign_dir/promoted/<trial id>/``;
+    resumable (a rerun continues each from its ``last.pt``; folders are named by trial, not by
+    rank, since an extended campaign's ranks change). Returns one summary per promoted trial."""
     from atomgfm.inference.evaluate import metrics_table
     from atomgfm.train.loop import Trainer
     from atomgfm.tune.campaign import campaign_from_dict
@@ -206,7 +207,7 @@ def promote(campaign_dir: str | Path, k: int, max_steps: int | None = None,
                     len(top), k)
     out = []
     for i, r in enumerate(top, start=1):
-        run_dir = directory / "promoted" / str(i)
+        run_dir = directory / "promoted" / r.id
         cfg = trial_config(base, r.params, None, run_dir)
         if max_steps is not None:
             cfg.train.max_steps = max_steps

@@ -24,7 +24,7 @@ def add_arguments(p) -> None:
     g = p.add_argument_group("report")
     g.add_argument("--promote", type=int, metavar="K",
                    help="retrain the top K configurations with the base config's full budget "
-                        "into DIR/promoted/<rank>/")
+                        "into DIR/promoted/<trial id>/")
     g.add_argument("--max-steps", type=int,
                    help="promote: override the base config's max_steps")
 
