@@ -136,6 +136,24 @@ def test_block_graphs_equal_structure_to_graph():
     assert isinstance(got[6], StructureError) and "overlapping atoms" in str(got[6])
 
 
+def test_block_graphs_in_pair_limited_groups_are_the_same(monkeypatch):
+    """A block whose pairs exceed MAX_PAIRS is searched in groups: the same graphs, same order."""
+    from ase.build import molecule
+
+    from atomgfm.calculators.ase_calculator import atoms_to_structure
+    from atomgfm.screen import graphs
+
+    names = ("H2O", "C6H6", "CH3CH2OH", "NH3", "CH4", "C2H2") * 3
+    structs = [atoms_to_structure(molecule(n)) for n in names]
+    whole = graphs.block_graphs(structs, 3.0)
+    monkeypatch.setattr(graphs, "MAX_PAIRS", 40)  # below benzene's 144: groups of one or two
+    split = graphs.block_graphs(structs, 3.0)
+    for a, b in zip(whole, split, strict=True):
+        assert set(a) == set(b)
+        for k in a:
+            assert np.array_equal(a[k], b[k]), k
+
+
 @pytest.mark.slow
 def test_compiled_screen_run_with_a_worker_equals_the_eager_run(ff, tmp_path):
     """``compile="on"`` through Screener.run, graphs built in a worker process forked after the

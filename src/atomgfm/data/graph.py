@@ -38,8 +38,17 @@ def structure_to_graph(s: Structure, cutoff: float, dataset_id: int = 0,
             raise StructureError(f"{s.source or '<memory>'}, record {s.index}: atoms {i[k]} and "
                                  f"{j[k]} are {d[k]:.3g} Å apart (< {MIN_DISTANCE} Å): "
                                  "overlapping atoms")
+    graph = graph_fields(s, nb.edge_index, nb.cell_shifts, dataset_id)
+    if K.TRIPLET_INDEX in needs:
+        graph[K.TRIPLET_INDEX] = triplets(nb.edge_index, nb.cell_shifts, s.n_atoms)
+    return graph
+
+
+def graph_fields(s: Structure, edge_index: np.ndarray, cell_shifts: np.ndarray,
+                 dataset_id: int = 0) -> dict[str, np.ndarray]:
+    """The graph dict of ``s`` with these edges (absent labels zero-filled with a False mask)."""
     n = s.n_atoms
-    graph = {
+    return {
         K.POSITIONS: s.positions,
         K.ATOMIC_NUMBERS: s.numbers,
         K.CELL: s.cell[None],
@@ -48,8 +57,8 @@ def structure_to_graph(s: Structure, cutoff: float, dataset_id: int = 0,
         K.SPIN: np.array([s.spin]),
         K.N_ATOMS: np.array([n]),
         K.DATASET: np.array([dataset_id]),
-        K.EDGE_INDEX: nb.edge_index,
-        K.CELL_SHIFTS: nb.cell_shifts,
+        K.EDGE_INDEX: edge_index,
+        K.CELL_SHIFTS: cell_shifts,
         K.ENERGY: np.array([0.0 if s.energy is None else s.energy]),
         K.FORCES: np.zeros((n, 3)) if s.forces is None else s.forces,
         K.STRESS: (np.zeros((3, 3)) if s.stress is None else s.stress)[None],
@@ -57,9 +66,6 @@ def structure_to_graph(s: Structure, cutoff: float, dataset_id: int = 0,
         K.HAS_FORCES: np.array([s.forces is not None]),
         K.HAS_STRESS: np.array([s.stress is not None]),
     }
-    if K.TRIPLET_INDEX in needs:
-        graph[K.TRIPLET_INDEX] = triplets(nb.edge_index, nb.cell_shifts, n)
-    return graph
 
 
 def triplets(edge_index: np.ndarray, cell_shifts: np.ndarray, n_atoms: int) -> np.ndarray:

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from atomgfm import keys as K
-from atomgfm.data.graph import structure_to_graph
+from atomgfm.data.graph import graph_fields, structure_to_graph
 from atomgfm.data.structure import MIN_DISTANCE, Structure, StructureError
 
 #: Largest non-periodic structure whose pairs are enumerated with the block (n² pairs each).
 SMALL = 64
+#: Atom pairs enumerated at once (memory ~ 100 bytes a pair), so a large block stays bounded.
+MAX_PAIRS = 1 << 18
 
 
 def block_graphs(structures: list[Structure], cutoff: float,
@@ -26,10 +27,18 @@ def block_graphs(structures: list[Structure], cutoff: float,
     out: list[dict | StructureError | None] = [None] * len(structures)
     small = [k for k, s in enumerate(structures)
              if not needs and not s.pbc.any() and 1 < s.n_atoms <= SMALL]
-    if small:
-        for k, g in zip(small, _small_molecules([structures[k] for k in small], cutoff),
-                        strict=True):
-            out[k] = g
+    group: list[int] = []
+    pairs = 0
+    for k in small + [-1]:
+        n2 = structures[k].n_atoms ** 2 if k >= 0 else 0
+        if group and (k < 0 or pairs + n2 > MAX_PAIRS):
+            for m, g in zip(group, _small_molecules([structures[m] for m in group], cutoff),
+                            strict=True):
+                out[m] = g
+            group, pairs = [], 0
+        if k >= 0:
+            group.append(k)
+            pairs += n2
     for k, s in enumerate(structures):
         if out[k] is None:
             try:
@@ -64,28 +73,7 @@ def _small_molecules(structs: list[Structure], cutoff: float) -> list[dict | Str
                     f"{edge_index[1, k]} are {d[lo + k]:.3g} Å apart (< {MIN_DISTANCE} Å): "
                     "overlapping atoms"))
                 continue
-        graphs.append(_graph(s, edge_index))
+        graphs.append(graph_fields(s, edge_index.astype(np.int64),
+                                   np.zeros((edge_index.shape[1], 3))))
     return graphs
 
-
-def _graph(s: Structure, edge_index: np.ndarray) -> dict[str, np.ndarray]:
-    """The fields of ``structure_to_graph`` for a non-periodic structure with these edges."""
-    n = s.n_atoms
-    return {
-        K.POSITIONS: s.positions,
-        K.ATOMIC_NUMBERS: s.numbers,
-        K.CELL: s.cell[None],
-        K.PBC: s.pbc[None],
-        K.CHARGE: np.array([s.charge]),
-        K.SPIN: np.array([s.spin]),
-        K.N_ATOMS: np.array([n]),
-        K.DATASET: np.array([0]),
-        K.EDGE_INDEX: edge_index.astype(np.int64),
-        K.CELL_SHIFTS: np.zeros((edge_index.shape[1], 3)),
-        K.ENERGY: np.array([0.0 if s.energy is None else s.energy]),
-        K.FORCES: np.zeros((n, 3)) if s.forces is None else s.forces,
-        K.STRESS: (np.zeros((3, 3)) if s.stress is None else s.stress)[None],
-        K.HAS_ENERGY: np.array([s.energy is not None]),
-        K.HAS_FORCES: np.array([s.forces is not None]),
-        K.HAS_STRESS: np.array([s.stress is not None]),
-    }
