@@ -109,7 +109,10 @@ def read_trials(campaign_dir: str | Path) -> tuple[list[TrialResult], dict[str, 
                                  f"{sorted(missing)} or status {rec.get('status')!r} not in "
                                  f"{STATUSES})")
             rec.pop("curve", None)
-            finished.append(TrialResult(**rec, curve=read_curve(d)))
+            try:
+                finished.append(TrialResult(**rec, curve=read_curve(d)))
+            except TypeError as exc:
+                raise ValueError(f"{d / 'result.json'}: not a trial result ({exc})") from None
         elif (d / "params.json").exists():
             rec = _read_json(d / "params.json")
             if "params" not in rec:
