@@ -175,3 +175,12 @@ def test_compiled_screen_run_with_a_worker_equals_the_eager_run(ff, tmp_path):
     for col in ("energy", "fmax"):
         np.testing.assert_allclose(tables["compiled"].column(col).to_numpy(),
                                    tables["eager"].column(col).to_numpy(), rtol=0, atol=1e-10)
+
+
+def test_a_list_of_other_objects_is_refused_with_its_index():
+    from ase.build import molecule
+
+    from atomgfm.screen.run import AtomsCandidates
+
+    with pytest.raises(TypeError, match="item 1 is a str"):
+        AtomsCandidates([molecule("H2O"), "CH4.xyz"])

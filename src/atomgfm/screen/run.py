@@ -137,7 +137,13 @@ class AtomsCandidates:
     worker; an Atoms that cannot be converted gets a row with its error."""
 
     def __init__(self, atoms: list) -> None:
+        from ase import Atoms
+
         self.atoms = list(atoms)
+        bad = next((k for k, a in enumerate(self.atoms) if not isinstance(a, Atoms)), None)
+        if bad is not None:
+            raise TypeError(f"a list source must hold ASE Atoms; item {bad} is a "
+                            f"{type(self.atoms[bad]).__name__}")
 
     def __len__(self) -> int:
         return len(self.atoms)
