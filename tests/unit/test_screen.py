@@ -11,13 +11,13 @@ import torch
 
 from atomgfm import keys as K
 from atomgfm.data.graph import collate, structure_to_graph
-from atomgfm.data.structure import MAX_Z, Structure
-from atomgfm.models.build import build_model
+from atomgfm.data.structure import Structure
 from atomgfm.screen.engine import blend, kept_weights, naive
 from atomgfm.screen.generate import CandidateGenerator, SpecError
 from atomgfm.screen.results import read_results, top
 from atomgfm.screen.router import Router, fit_router
 from atomgfm.screen.run import FileCandidates, Screener, ScreenSettings
+from atomgfm.testing.fixtures import multi_head_force_field
 
 HEADS = ["pbe", "xtb", "emt", "wb97"]
 MODEL = {"backbone_kwargs": {"num_features": 8, "num_layers": 2, "cutoff": 4.0, "num_rbf": 8}}
@@ -33,15 +33,7 @@ SPEC = {"seed": 3, "families": [
 
 @pytest.fixture(scope="module")
 def ff():
-    model = build_model(MODEL, HEADS, seed=0).double()
-    rng = np.random.default_rng(1)
-    for k, head in enumerate(model.heads.values()):
-        head.set_normalization(rng.normal(-2, 1, MAX_Z + 1), 0.5 + k,
-                               state_energy=rng.normal(0, 0.3, 3))
-        with torch.no_grad():  # distinct heads, so a mix-up of columns cannot pass
-            for p in head.parameters():
-                p.add_(torch.randn_like(p) * 0.3)
-    return model.eval()
+    return multi_head_force_field(MODEL, HEADS)
 
 
 def _table(elements=None):

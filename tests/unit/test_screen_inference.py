@@ -10,11 +10,10 @@ import torch
 
 from atomgfm import keys as K
 from atomgfm.data.graph import collate, structure_to_graph
-from atomgfm.data.structure import MAX_Z
-from atomgfm.models.build import build_model
 from atomgfm.screen.engine import blend, naive, screening_model
 from atomgfm.screen.generate import CandidateGenerator
 from atomgfm.screen.run import Screener, ScreenSettings
+from atomgfm.testing.fixtures import multi_head_force_field
 
 HEADS = ["a", "b", "c"]
 MODEL = {"backbone_kwargs": {"num_features": 8, "num_layers": 2, "cutoff": 4.0, "num_rbf": 8}}
@@ -27,15 +26,7 @@ SPEC = {"seed": 1, "families": [
 
 @pytest.fixture(scope="module")
 def ff():
-    model = build_model(MODEL, HEADS, seed=0).double()
-    rng = np.random.default_rng(1)
-    for k, head in enumerate(model.heads.values()):
-        head.set_normalization(rng.normal(-2, 1, MAX_Z + 1), 0.5 + k,
-                               state_energy=rng.normal(0, 0.3, 3))
-        with torch.no_grad():
-            for p in head.parameters():
-                p.add_(torch.randn_like(p) * 0.3)
-    return model.eval()
+    return multi_head_force_field(MODEL, HEADS)
 
 
 def test_screening_model_is_a_frozen_copy(ff):

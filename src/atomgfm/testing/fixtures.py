@@ -121,3 +121,23 @@ def random_force_field(backbone: str, preset: str = "S", stats=None, seed: int =
                      ["a"], stats, seed=seed).double()
     ff.heads["a"].set_normalization(np.random.default_rng(seed).normal(0, 1, MAX_Z + 1), 0.7)
     return ff.eval()
+
+
+def multi_head_force_field(model_cfg: dict, heads: list[str], seed: int = 1):
+    """An fp64 force field in eval mode whose heads differ: random element references, scale
+    0.5 + k and state energies per head, and every head weight perturbed (so a mix-up of heads
+    cannot pass a test). For screening and readout tests."""
+    import torch
+
+    from atomgfm.data.structure import MAX_Z
+    from atomgfm.models.build import build_model
+
+    model = build_model(model_cfg, heads, seed=0).double()
+    rng = np.random.default_rng(seed)
+    for k, head in enumerate(model.heads.values()):
+        head.set_normalization(rng.normal(-2, 1, MAX_Z + 1), 0.5 + k,
+                               state_energy=rng.normal(0, 0.3, 3))
+        with torch.no_grad():
+            for p in head.parameters():
+                p.add_(torch.randn_like(p) * 0.3)
+    return model.eval()
