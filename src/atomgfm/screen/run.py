@@ -117,17 +117,23 @@ class GeneratedCandidates:
                 "counts": self.generator.counts()}
 
     def items(self, owned, chunk):
-        n = len(self.generator)
-        for b in range((n + chunk - 1) // chunk):
-            if owned(b):
-                rows = []
-                for i in range(b * chunk, min((b + 1) * chunk, n)):
-                    try:
-                        c = self.generator[i]
-                        rows.append((i, c.id, c.structure, None))
-                    except StructureError as exc:
-                        rows.append((i, f"#{i}", None, str(exc)))
-                yield b * chunk, rows
+        for start, indices in _owned_blocks(len(self.generator), chunk, owned):
+            rows = []
+            for i in indices:
+                try:
+                    c = self.generator[i]
+                    rows.append((i, c.id, c.structure, None))
+                except StructureError as exc:
+                    rows.append((i, f"#{i}", None, str(exc)))
+            yield start, rows
+
+
+def _owned_blocks(n: int, chunk: int, owned):
+    """(first index, index range) of each block of ``chunk`` candidates out of ``n`` that
+    ``owned(block number)`` gives to this rank."""
+    for b in range((n + chunk - 1) // chunk):
+        if owned(b):
+            yield b * chunk, range(b * chunk, min((b + 1) * chunk, n))
 
 
 class AtomsCandidates:
@@ -164,21 +170,19 @@ class AtomsCandidates:
         from atomgfm.data.readers.convert import charge_and_spin
         from atomgfm.data.structure import Structure
 
-        n = len(self.atoms)
-        for b in range((n + chunk - 1) // chunk):
-            if owned(b):
-                rows = []
-                for i in range(b * chunk, min((b + 1) * chunk, n)):
-                    a = self.atoms[i]
-                    cid = str(a.info.get("id", f"atoms:{i}"))
-                    try:  # as calculators.atoms_to_structure, with the id in the message
-                        charge, spin = charge_and_spin(a, f"Atoms {cid}")
-                        s = Structure(a.numbers, a.positions, a.cell.array, a.pbc,
-                                      charge=charge, spin=spin, source="atoms", index=i)
-                        rows.append((i, cid, s, None))
-                    except StructureError as exc:
-                        rows.append((i, cid, None, str(exc)))
-                yield b * chunk, rows
+        for start, indices in _owned_blocks(len(self.atoms), chunk, owned):
+            rows = []
+            for i in indices:
+                a = self.atoms[i]
+                cid = str(a.info.get("id", f"atoms:{i}"))
+                try:  # as calculators.atoms_to_structure, with the id in the message
+                    charge, spin = charge_and_spin(a, f"Atoms {cid}")
+                    s = Structure(a.numbers, a.positions, a.cell.array, a.pbc,
+                                  charge=charge, spin=spin, source="atoms", index=i)
+                    rows.append((i, cid, s, None))
+                except StructureError as exc:
+                    rows.append((i, cid, None, str(exc)))
+            yield start, rows
 
 
 class _Batches(IterableDataset):
