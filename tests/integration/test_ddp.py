@@ -29,6 +29,7 @@ from atomgfm.data.graph import collate
 from atomgfm.data.mixing import MixedBatchSampler
 from atomgfm.telemetry.recorder import read_telemetry
 from atomgfm.testing.fixtures import tiny_datasets
+from atomgfm.train.distributed import shutdown
 from atomgfm.train.loop import Trainer
 from atomgfm.train.losses import multitask_loss
 
@@ -68,8 +69,10 @@ def _rank(rank: int, world: int, init_file: str, out_dir: str, grad_sync: str,
             trainer.train_step = blocking_step
         trainer.fit()
         torch.save(trainer.model.state_dict(), f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    except BaseException:
+        shutdown(barrier=False)
+        raise
+    shutdown()
 
 
 def _spawn(out: Path, tag: str, grad_sync: str, block_at: int | None = None):

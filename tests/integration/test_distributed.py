@@ -7,6 +7,8 @@ ranks' batch gradients; the checkpoint records both ranks' sampler positions.
 
 from __future__ import annotations
 
+import datetime
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -16,6 +18,7 @@ from atomgfm.config.schema import config_from_dict
 from atomgfm.data.graph import collate
 from atomgfm.models.checkpoint import read_checkpoint
 from atomgfm.testing.fixtures import tiny_datasets
+from atomgfm.train.distributed import shutdown
 from atomgfm.train.loop import Trainer
 from atomgfm.train.losses import multitask_loss
 
@@ -32,14 +35,16 @@ def _cfg(out_dir, steps):
 def _rank(rank: int, world: int, init_file: str, out_dir: str, steps: int) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world)
+                            world_size=world, timeout=datetime.timedelta(seconds=180))
     try:
         trainer = Trainer.from_config(_cfg(out_dir, steps), tiny_datasets(n_bulk=8, n_clusters=6),
                                       rank=rank, world_size=world)
         trainer.fit()
         torch.save(trainer.model.state_dict(), f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    except BaseException:
+        shutdown(barrier=False)
+        raise
+    shutdown()
 
 
 @pytest.fixture(scope="module")

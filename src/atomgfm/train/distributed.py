@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -124,10 +125,23 @@ def init_distributed(env: LaunchEnv, device: str = "auto",
     return dev
 
 
-def shutdown() -> None:
-    """Leave the process group (a no-op outside one)."""
-    if is_distributed():
-        dist.destroy_process_group()
+def shutdown(barrier: bool = True) -> None:
+    """Leave the process group (a no-op outside one).
+
+    gloo joins its worker threads in the group's destructor, which runs where the last reference
+    goes (DDP's reducer holds one, so often when the Trainer is freed) with the GIL held. A worker
+    still freeing a finished collective's tensors waits for the GIL there, and the two wait on
+    each other for ever: a run that finished hung at exit (torch 2.13, seen in our two-rank tests
+    about one run in ten). So on a clean exit (``barrier``) every rank first meets the others,
+    then lets go of the GIL long enough for the workers to finish and idle; the group's
+    destructor then joins idle threads. After an error pass ``barrier=False``: the other ranks
+    may be gone."""
+    if not is_distributed():
+        return
+    if barrier:
+        dist.barrier()
+    time.sleep(0.2)  # the GIL is free: gloo's workers release what they still hold
+    dist.destroy_process_group()
 
 
 def data_parallel(model: torch.nn.Module, device: torch.device):

@@ -57,8 +57,10 @@ def run(args) -> int:
             trainer = Trainer.from_config(cfg, resume=not args.restart, rank=env.rank,
                                           world_size=env.world_size)
             metrics = trainer.fit()
-        finally:
-            shutdown()
+        except BaseException:
+            shutdown(barrier=False)
+            raise
+        shutdown()  # the Trainer's DDP reducer keeps the (now idle) group until it is freed
         if env.rank != 0:
             return 0
         print(f"{env.world_size} ranks ({cfg.train.device} on rank 0), "
