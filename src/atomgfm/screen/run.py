@@ -38,7 +38,12 @@ from atomgfm.screen.graphs import block_graphs
 
 log = logging.getLogger(__name__)
 
-BATCH_LIMITS = {"cpu": {"max_atoms": 1024, "max_edges": 16_000, "max_structures": 256},
+#: Batch limits of the screening path per device type. CPU: with the backbone compiled, batches
+#: of about 4k edges ran faster than the Predictor's 16k (one core, PaiNN 128x3: alloy cells
+#: 43-46 vs 31-35 /s, g2 molecules within noise alone and faster with two processes side by
+#: side): a batch's per-edge tensors (E x 2F floats, 4 MB) then stay in a core's L2 cache
+#: (benchmarks/RESULTS.md, 2026-11-26). CUDA: not measured yet; large batches.
+BATCH_LIMITS = {"cpu": {"max_atoms": 1024, "max_edges": 4096, "max_structures": 256},
                 "cuda": {"max_atoms": 16_384, "max_edges": 1_000_000, "max_structures": 4096}}
 
 #: ``compile="auto"`` compiles the backbone for a source of at least this many candidates: the
