@@ -8,6 +8,7 @@ import types
 import numpy as np
 import pytest
 import torch
+from ase.data import chemical_symbols
 
 from atomgfm import keys as K
 from atomgfm.data.graph import collate, structure_to_graph
@@ -224,6 +225,22 @@ def test_run_flags_rank_and_forces(ff, tmp_path):
     finite = sorted(x["energy_per_atom"] for x in ok)
     assert [b["energy_per_atom"] for b in best] == finite[:3]
     assert top(tmp_path, k=2, by="spread")[0]["spread"] == max(x["spread"] for x in ok)
+
+
+def test_formula_and_atom_count_columns_are_those_of_ase(ff, tmp_path):
+    from ase.formula import Formula
+
+    sc = Screener(ff, _table([1, 6, 8, 9, 22, 28, 29, 38, 40, 56, 79]), None, None,
+                  ScreenSettings(workers=0, progress=False, chunk_size=16, device="cpu",
+                                 precision="fp64", max_atoms=40), "<test>")
+    g = CandidateGenerator(SPEC)
+    sc.run(g, tmp_path)
+    rows = read_results(tmp_path).to_pylist()
+    assert len(rows) == len(g)
+    for r, c in zip(rows, g.iter(0, len(g)), strict=True):
+        symbols = [chemical_symbols[z] for z in c.structure.numbers]
+        assert r["formula"] == Formula.from_list(symbols).format("hill"), r["id"]
+        assert r["n_atoms"] == c.structure.n_atoms
 
 
 def test_file_source_streams_records_with_ids(ff, tmp_path):

@@ -232,21 +232,22 @@ class _Batches(IterableDataset):
         n = max(len(packs), 1)
         if not packs:
             yield {"block": (lo, hi), "n": n, "batch": None, "rows": [], "errors": errors}
+        width = self.head_elements.shape[1]
         for k, idx in enumerate(packs):
-            structs = [meta[j][2] for j in idx]
-            present = np.zeros((len(idx), self.head_elements.shape[1]), dtype=bool)
-            for r, s in enumerate(structs):
-                present[r, s.numbers] = True
+            # as NumPy arrays: a worker hands them over through its pipe in one pickle, where
+            # tensors would each get a shared-memory segment
+            batch = {key: v.numpy() for key, v in
+                     collate([graphs[j] for j in idx], self.dtype).items()}
+            # (S, MAX_Z + 1) element counts of the batch's structures, in one pass
+            counts = np.bincount(batch[K.BATCH] * width + batch[K.ATOMIC_NUMBERS],
+                                 minlength=len(idx) * width).reshape(len(idx), width)
             # a head covers a structure when it knows every element of it
-            cover = ~(present[:, None, :] & ~self.head_elements[None]).any(-1)  # (S, H)
+            cover = ~((counts > 0)[:, None, :] & ~self.head_elements[None]).any(-1)  # (S, H)
             yield {"block": (lo, hi), "n": n, "errors": errors if k == 0 else [],
-                   # as NumPy arrays: a worker hands them over through its pipe in one
-                   # pickle, where tensors would each get a shared-memory segment
-                   "batch": {k: v.numpy() for k, v in
-                             collate([graphs[j] for j in idx], self.dtype).items()},
-                   "cover": cover,
-                   "rows": [(meta[j][0], meta[j][1], _formula(s.numbers), s.n_atoms)
-                            for j, s in zip(idx, structs, strict=True)]}
+                   "batch": batch, "cover": cover,
+                   "rows": [(meta[j][0], meta[j][1], f, int(batch[K.N_ATOMS][r]))
+                            for r, (j, f) in enumerate(zip(idx, _formulas(counts),
+                                                           strict=True))]}
 
 
 def _as_is(item: dict) -> dict:
@@ -254,16 +255,23 @@ def _as_is(item: dict) -> dict:
     return item
 
 
-def _formula(numbers: np.ndarray) -> str:
-    """Formula of the whole structure as ase.formula's "hill" writes it, e.g. ``C6H4Cl2``,
-    ``H3N``: C, then H, then the other elements alphabetically."""
+def _formulas(counts: np.ndarray) -> list[str]:
+    """Formula of each row of an (S, MAX_Z + 1) element-count matrix as ase.formula's "hill"
+    writes it, e.g. ``C6H4Cl2``, ``H3N``: C, then H, then the other elements alphabetically.
+    Each distinct composition is written once."""
     from ase.data import chemical_symbols
 
-    z, n = np.unique(numbers, return_counts=True)
-    counts = {chemical_symbols[a]: int(c) for a, c in zip(z, n, strict=True)}
-    first = [k for k in ("C", "H") if k in counts]
-    order = first + sorted(k for k in counts if k not in first)
-    return "".join(f"{k}{counts[k] if counts[k] > 1 else ''}" for k in order)
+    names: dict[bytes, str] = {}
+    out = []
+    for row in counts:
+        key = row.tobytes()
+        if key not in names:
+            n = {chemical_symbols[a]: int(row[a]) for a in np.flatnonzero(row)}
+            first = [k for k in ("C", "H") if k in n]
+            order = first + sorted(k for k in n if k not in first)
+            names[key] = "".join(f"{k}{n[k] if n[k] > 1 else ''}" for k in order)
+        out.append(names[key])
+    return out
 
 
 class Screener:
