@@ -15,7 +15,7 @@ and end with energies and forces in NumPy, neighbour lists included; fp32, untra
                ``model(inputs)`` in eval mode, energy and forces to NumPy.
   atomgfm      PaiNN 128x3 (cutoff 5 Å, --heads heads) through ``Screener.run`` on the Atoms
                (screen.run.AtomsCandidates): graphs built in --workers processes (0: in the main
-               process, like SchNetPack), packed by screen.run.BATCH_LIMITS, the blend of every
+               process, like SchNetPack), packed by screen.run.batch_limits, the blend of every
                head, forces from one backward, Parquet chunks written to a temporary folder.
                ``compiled``: the backbone compiled (torch.compile, ``--compile on``); the
                compilation happens in an untimed warm-up run.

@@ -9,7 +9,7 @@ Run from the repository root (quiet machine):
 
 Model: PaiNN 128x3, cutoff 5 Å, 16 heads (untrained weights; speed does not depend on them).
 Workloads: ../shared/workload.py (g2 molecules; 108-atom fcc alloys), packed as ``screen run``
-packs them (screen.run.BATCH_LIMITS). Rows:
+packs them with forces (screen.run.batch_limits). Rows:
   naive         every head on its own: its own encoder pass (and backward for forces), then
                 blended by the router weights: 16 encodes, 16 backwards.
   blend/all     the screening step (screen.engine.blend): one encode, all 16 heads as one
@@ -45,7 +45,7 @@ from atomgfm.data.graph import collate, structure_to_graph
 from atomgfm.data.mixing import packed_batches
 from atomgfm.models.build import build_model
 from atomgfm.screen.engine import blend, naive, screening_model
-from atomgfm.screen.run import BATCH_LIMITS
+from atomgfm.screen.run import batch_limits
 
 CUTOFF = 5.0
 
@@ -58,7 +58,7 @@ def model(n_heads: int, width: int, layers: int):
 
 def batches_of(atoms, dtype, device):
     graphs = [structure_to_graph(atoms_to_structure(a), CUTOFF) for a in atoms]
-    lim = BATCH_LIMITS[device.type]
+    lim = batch_limits(device.type, forces=True)  # the same batches for every row
     packs = packed_batches([len(g[K.ATOMIC_NUMBERS]) for g in graphs], lim["max_atoms"],
                            lim["max_structures"], [g[K.EDGE_INDEX].shape[1] for g in graphs],
                            lim["max_edges"])

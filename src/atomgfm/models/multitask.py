@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from atomgfm import keys as K
+from atomgfm.data.references import state_features
 from atomgfm.models.backbones.base import Backbone
 from atomgfm.models.heads import EnergyHead, Head
 from atomgfm.nn.geometry import edge_vectors
@@ -99,6 +100,14 @@ class MultiTaskModel(nn.Module):
         return per_atom + torch.index_select(share, 0, batch[K.BATCH])
 
     def _state_offsets(self, mods: list[Head], batch) -> torch.Tensor:
+        """(S, H) float64 eV: each head's charge/spin state energy. Plain energy heads share one
+        (S, 3) @ (3, H) product (per head, the few small ops cost more than the product when
+        many heads read out small batches)."""
+        if all(type(m).structure_outputs is EnergyHead.structure_outputs
+               and type(m).state_offset is EnergyHead.state_offset for m in mods):
+            feats = torch.stack(state_features(batch[K.CHARGE].to(torch.float64),
+                                               batch[K.SPIN].to(torch.float64)), -1)
+            return feats @ torch.stack([m.state_energy for m in mods], dim=-1)
         return torch.cat([m.structure_outputs(batch[K.CHARGE], batch[K.SPIN]) for m in mods],
                          dim=-1)
 

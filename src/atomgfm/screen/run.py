@@ -38,13 +38,28 @@ from atomgfm.screen.graphs import block_graphs
 
 log = logging.getLogger(__name__)
 
-#: Batch limits of the screening path per device type. CPU: with the backbone compiled, batches
-#: of about 4k edges ran faster than the Predictor's 16k (one core, PaiNN 128x3: alloy cells
-#: 43-46 vs 31-35 /s, g2 molecules within noise alone and faster with two processes side by
-#: side): a batch's per-edge tensors (E x 2F floats, 4 MB) then stay in a core's L2 cache
-#: (benchmarks/RESULTS.md, 2026-11-26). CUDA: not measured yet; large batches.
-BATCH_LIMITS = {"cpu": {"max_atoms": 1024, "max_edges": 4096, "max_structures": 256},
+#: Batch limits of the screening path per device type (see :func:`batch_limits`). CPU, measured
+#: on one core with the backbone compiled (benchmarks/RESULTS.md, 2026-11-26): energies only,
+#: batches up to 8,192 edges (16 heads, 8-atom cells: 1,210 cells/s against 1,010 at 4,096
+#: edges and 805 at 2,048: the readout's cost per batch is then spread over more structures);
+#: with forces, batches close at ``CPU_FORCE_MAX_EDGES`` instead. CUDA: not measured yet.
+BATCH_LIMITS = {"cpu": {"max_atoms": 1024, "max_edges": 8192, "max_structures": 256},
                 "cuda": {"max_atoms": 16_384, "max_edges": 1_000_000, "max_structures": 4096}}
+
+#: CPU batches with forces close at this many edges: the backward's per-edge tensors (E x 2F
+#: floats and their gradients) then stay in a core's L2 cache. g2 molecules, two one-thread
+#: processes side by side: ~2,330 /s each against ~2,050 at 4,096 edges; 108-atom alloy cells
+#: (one per batch from 8,192 edges down) 43-46 /s against 31-35 at 16,000.
+CPU_FORCE_MAX_EDGES = 2048
+
+
+def batch_limits(device_type: str, forces: bool) -> dict[str, int]:
+    """The default batch limits of ``screen run`` on this device type, with or without forces."""
+    lim = dict(BATCH_LIMITS.get(device_type, BATCH_LIMITS["cpu"]))
+    if device_type == "cpu" and forces:
+        lim["max_edges"] = CPU_FORCE_MAX_EDGES
+    return lim
+
 
 #: ``compile="auto"`` compiles the backbone for a source of at least this many candidates: the
 #: compilation (about 30 s cold, 10 s with inductor's cache warm, PaiNN 128x3 on a CPU core) is
@@ -413,7 +428,7 @@ class Screener:
             if R.clean_temporaries(out):
                 log.info("removed chunk temp files of an interrupted run")
         done = R.done_chunks(out)
-        limits = {**BATCH_LIMITS.get(self.device.type, BATCH_LIMITS["cpu"]),
+        limits = {**batch_limits(self.device.type, s.forces),
                   **{k: v for k, v in (("max_atoms", s.max_atoms), ("max_edges", s.max_edges),
                                        ("max_structures", s.max_structures)) if v}}
         total = None
