@@ -274,3 +274,15 @@ def _run_to(ff, g, out, workers, precision):
                               precision=precision)
     Screener(copy.deepcopy(ff), _table(), None, None, settings, "<test>").run(g, out)
     return out
+
+
+def test_state_energies_of_many_heads_equal_each_heads_own(ff):
+    """The heads' charge/spin state energies come from one shared product; each column must be
+    that head's own e₊ q⁺ + e₋ q⁻ + e_u u."""
+    charge = torch.tensor([-2.0, -1.0, 0.0, 1.0, 3.0])
+    spin = torch.tensor([0.0, 2.0, 1.0, 3.0, 4.0])
+    mods = [ff.model.heads[h] for h in HEADS]
+    shared = ff.model._state_offsets(mods, {K.CHARGE: charge, K.SPIN: spin})
+    own = torch.cat([m.structure_outputs(charge, spin) for m in mods], dim=-1)
+    assert shared.shape == (5, len(HEADS)) and own.abs().max() > 0.1
+    torch.testing.assert_close(shared, own, rtol=0, atol=1e-12)
