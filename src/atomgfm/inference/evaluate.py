@@ -43,28 +43,63 @@ def evaluate_graphs(model, graph_sets: list[GraphSource], names: list[str], *, p
     return acc
 
 
+class _BaselineErrors:
+    """Running sums of the reference baseline's errors (E = Σ e_Z + charge/spin state energies,
+    F = 0, σ = 0) and of the force components' spread, one structure at a time: the same
+    numbers from loaded structures and from a store's graphs."""
+
+    def __init__(self, norm: Normalization) -> None:
+        self.norm = norm
+        self.e = self.f = self.f1 = self.f2 = self.s = 0.0
+        self.ne = self.nf = self.ns = 0
+
+    def add(self, numbers, charge, spin, energy=None, forces=None, stress=None) -> None:
+        if energy is not None:
+            ref = (self.norm.element_energy[numbers].sum()
+                   + np.dot(self.norm.state_energy, state_features(charge, spin)))
+            self.e += abs(energy - ref) / len(numbers)
+            self.ne += 1
+        if forces is not None:
+            f = np.asarray(forces, dtype=np.float64).ravel()
+            self.f += np.abs(f).sum()
+            self.f1 += f.sum()
+            self.f2 += (f * f).sum()
+            self.nf += f.size
+        if stress is not None:
+            self.s += np.abs(stress).sum()
+            self.ns += 9
+
+    def metrics(self) -> dict[str, float]:
+        out = {}
+        for key, total, count in (("energy_mae_meV_atom", self.e, self.ne),
+                                  ("forces_mae_meV_A", self.f, self.nf),
+                                  ("stress_mae_meV_A3", self.s, self.ns)):
+            if count:
+                out[key] = 1000 * float(total / count)
+        return out
+
+    def force_std(self) -> float:
+        """Standard deviation of the force components (eV/Å), NaN without forces."""
+        if not self.nf:
+            return float("nan")
+        return float(np.sqrt(max(self.f2 / self.nf - (self.f1 / self.nf) ** 2, 0.0)))
+
+
+def _structure_baseline(d: LoadedDataset, split: str) -> _BaselineErrors:
+    acc = _BaselineErrors(d.normalization)
+    for s in d.split(split):
+        acc.add(s.numbers, s.charge, s.spin, s.energy, s.forces, s.stress)
+    return acc
+
+
 def baseline_metrics(d: LoadedDataset, split: str = "val") -> dict[str, float]:
     """Errors of the reference baseline: E = Σ e_Z + charge/spin state energies, F = 0, σ = 0."""
-    structures = d.split(split)
-    e = [abs(s.energy - d.normalization.reference_energy(s)) / s.n_atoms for s in structures
-         if s.energy is not None]
-    f = [np.abs(s.forces).ravel() for s in structures if s.forces is not None]
-    st = [np.abs(s.stress).ravel() for s in structures if s.stress is not None]
-    out = {}
-    if e:
-        out["energy_mae_meV_atom"] = 1000 * float(np.mean(e))
-    if f:
-        out["forces_mae_meV_A"] = 1000 * float(np.mean(np.concatenate(f)))
-    if st:
-        out["stress_mae_meV_A3"] = 1000 * float(np.mean(np.concatenate(st)))
-    return out
+    return _structure_baseline(d, split).metrics()
 
 
 def force_std(d: LoadedDataset, split: str = "val") -> float:
     """Standard deviation of force components (eV/Å) of a split."""
-    structures = d.split(split)
-    f = [s.forces.ravel() for s in structures if s.forces is not None]
-    return float(np.std(np.concatenate(f))) if f else float("nan")
+    return _structure_baseline(d, split).force_std()
 
 
 COLUMNS = (("energy_mae_meV_atom", "E MAE meV/atom"), ("forces_mae_meV_A", "F MAE meV/Å"),
@@ -74,33 +109,14 @@ COLUMNS = (("energy_mae_meV_atom", "E MAE meV/atom"), ("forces_mae_meV_A", "F MA
 def graph_baseline(entry: dict, source: GraphSource) -> tuple[dict[str, float], float]:
     """``baseline_metrics`` and the force standard deviation (eV/Å) of a graph source (a store's
     validation split, read once, streaming), for the dataset table entry ``entry``."""
-    norm = Normalization.from_dict(entry["normalization"])
-    sums = {"e": 0.0, "ne": 0, "f": 0.0, "f1": 0.0, "f2": 0.0, "nf": 0, "s": 0.0, "ns": 0}
+    acc = _BaselineErrors(Normalization.from_dict(entry["normalization"]))
     for i in range(len(source)):
         g = source[i]
-        n = len(g[K.ATOMIC_NUMBERS])
-        if g[K.HAS_ENERGY][0]:
-            ref = (norm.element_energy[g[K.ATOMIC_NUMBERS]].sum()
-                   + np.dot(norm.state_energy, state_features(g[K.CHARGE][0], g[K.SPIN][0])))
-            sums["e"] += abs(g[K.ENERGY][0] - ref) / n
-            sums["ne"] += 1
-        if g[K.HAS_FORCES][0]:
-            f = g[K.FORCES].ravel()
-            sums["f"] += np.abs(f).sum()
-            sums["f1"] += f.sum()
-            sums["f2"] += (f**2).sum()
-            sums["nf"] += f.size
-        if g[K.HAS_STRESS][0]:
-            sums["s"] += np.abs(g[K.STRESS]).sum()
-            sums["ns"] += 9
-    out = {}
-    for key, total, count in (("energy_mae_meV_atom", "e", "ne"), ("forces_mae_meV_A", "f", "nf"),
-                              ("stress_mae_meV_A3", "s", "ns")):
-        if sums[count]:
-            out[key] = 1000 * sums[total] / sums[count]
-    fstd = (float(np.sqrt(max(sums["f2"] / sums["nf"] - (sums["f1"] / sums["nf"]) ** 2, 0.0)))
-            if sums["nf"] else float("nan"))
-    return out, fstd
+        acc.add(g[K.ATOMIC_NUMBERS], g[K.CHARGE][0], g[K.SPIN][0],
+                g[K.ENERGY][0] if g[K.HAS_ENERGY][0] else None,
+                g[K.FORCES] if g[K.HAS_FORCES][0] else None,
+                g[K.STRESS] if g[K.HAS_STRESS][0] else None)
+    return acc.metrics(), acc.force_std()
 
 
 def metrics_table(datasets: list[LoadedDataset] | None, metrics: dict, split: str = "val", *,
@@ -114,8 +130,9 @@ def metrics_table(datasets: list[LoadedDataset] | None, metrics: dict, split: st
         f"{c} (model / baseline)" for _, c in COLUMNS) + " | F std meV/Å | F MAE / F std |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 5)]
     if datasets is not None:
-        rows = [(d.name, d.config.level_of_theory, len(d.split(split)),
-                 baseline_metrics(d, split), force_std(d, split)) for d in datasets]
+        rows = [(d.name, d.config.level_of_theory, len(d.split(split)), acc.metrics(),
+                 acc.force_std())
+                for d, acc in ((d, _structure_baseline(d, split)) for d in datasets)]
     elif table is not None and sources is not None:
         rows = [(e["name"], e["level_of_theory"], len(src), *graph_baseline(e, src))
                 for e, src in zip(table, sources, strict=True)]
