@@ -60,6 +60,13 @@ class Head(nn.Module):
         """Several heads of this class at once: (n, out_dim, n_heads). Default: one by one."""
         return torch.stack([h.atom_outputs(s, numbers, gate) for h in heads], dim=-1)
 
+    @classmethod
+    def stacked_structure_outputs(cls, heads: list[Head], charge: torch.Tensor,
+                                  spin: torch.Tensor) -> torch.Tensor:
+        """``structure_outputs`` of several heads of this class at once: (S, out_dim, n_heads).
+        Default: one by one."""
+        return torch.stack([h.structure_outputs(charge, spin) for h in heads], dim=-1)
+
 
 @register("head", "energy")
 class EnergyHead(Head):
@@ -101,8 +108,7 @@ class EnergyHead(Head):
 
     def state_offset(self, charge: torch.Tensor, spin: torch.Tensor) -> torch.Tensor:
         """(n_structs,) float64 eV: e₊ q⁺ + e₋ q⁻ + e_u u for each structure."""
-        feats = torch.stack(state_features(charge.to(torch.float64), spin.to(torch.float64)), -1)
-        return feats @ self.state_energy
+        return _state_energies(self.state_energy.unsqueeze(-1), charge, spin)[:, 0]
 
     def structure_outputs(self, charge: torch.Tensor, spin: torch.Tensor) -> torch.Tensor:
         return self.state_offset(charge, spin).unsqueeze(-1)
@@ -136,6 +142,24 @@ class EnergyHead(Head):
         scales = torch.stack([h.scale for h in heads])  # (H,) float64
         out = torch.index_select(refs, 0, numbers) + scales * learned.to(torch.float64)
         return out.unsqueeze(1)
+
+    @classmethod
+    def stacked_structure_outputs(cls, heads: list[Head], charge: torch.Tensor,
+                                  spin: torch.Tensor) -> torch.Tensor:
+        """The heads' state offsets as one (S, 3) @ (3, H) product: (S, 1, H) float64 eV (per
+        head, the few small ops cost more than the product when many heads read out small
+        batches)."""
+        if cls is not EnergyHead:  # a subclass may change its state offsets
+            return super().stacked_structure_outputs(heads, charge, spin)
+        weights = torch.stack([h.state_energy for h in heads], dim=-1)  # (3, H)
+        return _state_energies(weights, charge, spin).unsqueeze(1)
+
+
+def _state_energies(weights: torch.Tensor, charge: torch.Tensor,
+                    spin: torch.Tensor) -> torch.Tensor:
+    """(S, H) float64 eV: the state features (q⁺, q⁻, u) of each structure @ (3, H) energies."""
+    feats = torch.stack(state_features(charge.to(torch.float64), spin.to(torch.float64)), -1)
+    return feats @ weights
 
 
 @register("head", "property")

@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from atomgfm import keys as K
-from atomgfm.data.references import state_features
 from atomgfm.models.backbones.base import Backbone
 from atomgfm.models.heads import EnergyHead, Head
 from atomgfm.nn.geometry import edge_vectors
@@ -86,30 +85,15 @@ class MultiTaskModel(nn.Module):
         if other:
             raise ValueError(f"readout gives energies; {other} are not energy heads")
         s, gate, numbers = features[K.NODE_SCALARS], features[K.GATE], batch[K.ATOMIC_NUMBERS]
-        columns: list[torch.Tensor | None] = [None] * len(mods)
-        groups: dict[type, list[int]] = {}
-        for k, m in enumerate(mods):
-            groups.setdefault(type(m), []).append(k)
-        for cls, idx in groups.items():  # heads of one class: one batched product
-            out = cls.stacked([mods[k] for k in idx], s, numbers, gate)[:, 0]  # (n, len(idx))
-            for c, k in enumerate(idx):
-                columns[k] = out[:, c]
-        per_atom = torch.stack(columns, dim=-1)  # (n, H)
+        per_atom = _by_class(mods, lambda cls, hs: cls.stacked(hs, s, numbers, gate))  # (n, H)
         offsets = self._state_offsets(mods, batch)  # (S, H)
         share = offsets / batch[K.N_ATOMS].to(torch.float64).unsqueeze(-1)
         return per_atom + torch.index_select(share, 0, batch[K.BATCH])
 
     def _state_offsets(self, mods: list[Head], batch) -> torch.Tensor:
-        """(S, H) float64 eV: each head's charge/spin state energy. Plain energy heads share one
-        (S, 3) @ (3, H) product (per head, the few small ops cost more than the product when
-        many heads read out small batches)."""
-        if all(type(m).structure_outputs is EnergyHead.structure_outputs
-               and type(m).state_offset is EnergyHead.state_offset for m in mods):
-            feats = torch.stack(state_features(batch[K.CHARGE].to(torch.float64),
-                                               batch[K.SPIN].to(torch.float64)), -1)
-            return feats @ torch.stack([m.state_energy for m in mods], dim=-1)
-        return torch.cat([m.structure_outputs(batch[K.CHARGE], batch[K.SPIN]) for m in mods],
-                         dim=-1)
+        """(S, H) float64 eV: each head's charge/spin state energy, heads of one class at once."""
+        charge, spin = batch[K.CHARGE], batch[K.SPIN]
+        return _by_class(mods, lambda cls, hs: cls.stacked_structure_outputs(hs, charge, spin))
 
     def reference(self, batch: dict[str, torch.Tensor],
                   heads: list[str] | None = None) -> torch.Tensor:
@@ -205,3 +189,17 @@ class MultiTaskModel(nn.Module):
             value = value + w * self.property(features, batch, name)[:, 0]
             task = task + w.long() * codes[getattr(self.heads[name], "task", "regression")]
         return {K.PROPERTY_OUTPUT: value, K.PROPERTY_TASK: task}
+
+
+def _by_class(mods: list[Head], stacked) -> torch.Tensor:
+    """(rows, H) float64: column k from head ``mods[k]``, the heads of each class computed at
+    once by ``stacked(cls, heads)`` -> (rows, 1, len(heads)) (the class's batched product)."""
+    columns: list[torch.Tensor | None] = [None] * len(mods)
+    groups: dict[type, list[int]] = {}
+    for k, m in enumerate(mods):
+        groups.setdefault(type(m), []).append(k)
+    for cls, idx in groups.items():
+        out = stacked(cls, [mods[k] for k in idx])[:, 0]  # (rows, len(idx))
+        for c, k in enumerate(idx):
+            columns[k] = out[:, c]
+    return torch.stack(columns, dim=-1)
