@@ -32,8 +32,12 @@ class Normalization:
 
     def reference_energy(self, s: Structure) -> float:
         """The baseline prediction for ``s``: element references plus state energies (eV)."""
-        return float(self.element_energy[s.numbers].sum()
-                     + np.dot(self.state_energy, state_features(s.charge, s.spin)))
+        return self.reference(s.numbers, s.charge, s.spin)
+
+    def reference(self, numbers: np.ndarray, charge: float, spin: float) -> float:
+        """The baseline prediction (eV) for these atomic numbers, total charge and multiplicity."""
+        return float(self.element_energy[numbers].sum()
+                     + np.dot(self.state_energy, state_features(charge, spin)))
 
     def to_dict(self) -> dict:
         return {"element_energy": self.element_energy.tolist(), "scale": self.scale,

@@ -15,7 +15,7 @@ import torch
 from atomgfm import keys as K
 from atomgfm.data.graph import collate
 from atomgfm.data.mixing import packed_batches
-from atomgfm.data.references import Normalization, state_features
+from atomgfm.data.references import Normalization
 from atomgfm.data.sources import GraphSource, LoadedDataset, build_graphs, load_datasets
 from atomgfm.inference.metrics import MetricAccumulator
 from atomgfm.precision import autocast, param_dtype, resolve_device
@@ -55,9 +55,7 @@ class _BaselineErrors:
 
     def add(self, numbers, charge, spin, energy=None, forces=None, stress=None) -> None:
         if energy is not None:
-            ref = (self.norm.element_energy[numbers].sum()
-                   + np.dot(self.norm.state_energy, state_features(charge, spin)))
-            self.e += abs(energy - ref) / len(numbers)
+            self.e += abs(energy - self.norm.reference(numbers, charge, spin)) / len(numbers)
             self.ne += 1
         if forces is not None:
             f = np.asarray(forces, dtype=np.float64).ravel()
@@ -130,9 +128,11 @@ def metrics_table(datasets: list[LoadedDataset] | None, metrics: dict, split: st
         f"{c} (model / baseline)" for _, c in COLUMNS) + " | F std meV/Å | F MAE / F std |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 5)]
     if datasets is not None:
-        rows = [(d.name, d.config.level_of_theory, len(d.split(split)), acc.metrics(),
-                 acc.force_std())
-                for d, acc in ((d, _structure_baseline(d, split)) for d in datasets)]
+        rows = []
+        for d in datasets:
+            acc = _structure_baseline(d, split)
+            rows.append((d.name, d.config.level_of_theory, len(d.split(split)), acc.metrics(),
+                         acc.force_std()))
     elif table is not None and sources is not None:
         rows = [(e["name"], e["level_of_theory"], len(src), *graph_baseline(e, src))
                 for e, src in zip(table, sources, strict=True)]
