@@ -29,7 +29,7 @@ from atomgfm.data.graph import collate
 from atomgfm.data.mixing import MixedBatchSampler
 from atomgfm.telemetry.recorder import read_telemetry
 from atomgfm.testing.fixtures import tiny_datasets
-from atomgfm.train.distributed import shutdown
+from atomgfm.train.distributed import leaving_process_group
 from atomgfm.train.loop import Trainer
 from atomgfm.train.losses import multitask_loss
 
@@ -54,7 +54,7 @@ def _rank(rank: int, world: int, init_file: str, out_dir: str, grad_sync: str,
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world, timeout=datetime.timedelta(seconds=180))
-    try:
+    with leaving_process_group():
         trainer = Trainer.from_config(_cfg(out_dir, grad_sync), _data(), rank=rank,
                                       world_size=world)
         if block_at is not None:  # stand still at this step until the test kills us
@@ -69,10 +69,6 @@ def _rank(rank: int, world: int, init_file: str, out_dir: str, grad_sync: str,
             trainer.train_step = blocking_step
         trainer.fit()
         torch.save(trainer.model.state_dict(), f"{out_dir}/rank{rank}.pt")
-    except BaseException:
-        shutdown(barrier=False)
-        raise
-    shutdown()
 
 
 def _spawn(out: Path, tag: str, grad_sync: str, block_at: int | None = None):

@@ -18,7 +18,7 @@ from atomgfm.config.schema import config_from_dict
 from atomgfm.data.graph import collate
 from atomgfm.models.checkpoint import read_checkpoint
 from atomgfm.testing.fixtures import tiny_datasets
-from atomgfm.train.distributed import shutdown
+from atomgfm.train.distributed import leaving_process_group
 from atomgfm.train.loop import Trainer
 from atomgfm.train.losses import multitask_loss
 
@@ -36,15 +36,11 @@ def _rank(rank: int, world: int, init_file: str, out_dir: str, steps: int) -> No
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world, timeout=datetime.timedelta(seconds=180))
-    try:
+    with leaving_process_group():
         trainer = Trainer.from_config(_cfg(out_dir, steps), tiny_datasets(n_bulk=8, n_clusters=6),
                                       rank=rank, world_size=world)
         trainer.fit()
         torch.save(trainer.model.state_dict(), f"{out_dir}/rank{rank}.pt")
-    except BaseException:
-        shutdown(barrier=False)
-        raise
-    shutdown()
 
 
 @pytest.fixture(scope="module")

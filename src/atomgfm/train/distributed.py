@@ -15,6 +15,7 @@ kept as the reference and for a custom ``reduce``).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import time
@@ -142,6 +143,18 @@ def shutdown(barrier: bool = True) -> None:
         dist.barrier()
     time.sleep(0.2)  # the GIL is free: gloo's workers release what they still hold
     dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def leaving_process_group():
+    """Leave the process group when the block ends: through :func:`shutdown`'s barrier when it
+    ran through, at once (``barrier=False``) when it raised."""
+    try:
+        yield
+    except BaseException:
+        shutdown(barrier=False)
+        raise
+    shutdown()
 
 
 def data_parallel(model: torch.nn.Module, device: torch.device):

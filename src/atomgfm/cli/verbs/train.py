@@ -36,7 +36,7 @@ def apply_run_arguments(cfg, args) -> None:
 def run(args) -> int:
     from atomgfm.config.schema import load_config
     from atomgfm.inference.evaluate import metrics_table
-    from atomgfm.train.distributed import init_distributed, launch_env, shutdown
+    from atomgfm.train.distributed import init_distributed, launch_env, leaving_process_group
     from atomgfm.train.loop import Trainer
 
     cfg = load_config(args.config)
@@ -53,14 +53,11 @@ def run(args) -> int:
         if env.rank != 0:  # rank 0 alone prints; the others still show warnings and errors
             logging.getLogger("atomgfm").setLevel(logging.WARNING)
             cfg.train.progress = False
-        try:
+        # the Trainer's DDP reducer keeps the (then idle) group until the Trainer is freed
+        with leaving_process_group():
             trainer = Trainer.from_config(cfg, resume=not args.restart, rank=env.rank,
                                           world_size=env.world_size)
             metrics = trainer.fit()
-        except BaseException:
-            shutdown(barrier=False)
-            raise
-        shutdown()  # the Trainer's DDP reducer keeps the (now idle) group until it is freed
         if env.rank != 0:
             return 0
         print(f"{env.world_size} ranks ({cfg.train.device} on rank 0), "
