@@ -129,14 +129,19 @@ class Ours:
         return sum(flops(self.ff, b, heads, True) for b in batches) / len(atoms)
 
 
+def _atoms(workloads: dict) -> dict:
+    """The workloads' Atoms from their file and counts: {"molecules": [...], "alloys": [...]}."""
+    wl = load_workload(workloads["file"])
+    return {"molecules": wl.molecules(workloads["molecules"]),
+            "alloys": wl.alloys(workloads["alloys"])}
+
+
 def _process(conn, barrier, spec: dict, rank: int, world: int, workloads: dict) -> None:
     """One of ``Processes``: builds its model on one torch thread, then answers ("warm"|"run",
     workload) with (structures scored, start, end) on the system-wide monotonic clock."""
     _peer_imports()
     torch.set_num_threads(1)
-    wl = load_workload(workloads["file"])
-    atoms = {"molecules": wl.molecules(workloads["molecules"]),
-             "alloys": wl.alloys(workloads["alloys"])}
+    atoms = _atoms(workloads)
     if spec["kind"] == "schnetpack":
         model = SchNetPack(spec["width"], spec["layers"])
 
@@ -247,8 +252,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from screening import matmul_rate
 
-    wl = load_workload(args.workload_file)
-    workloads = {"molecules": wl.molecules(args.n_molecules), "alloys": wl.alloys(args.n_alloys)}
+    shared = {"file": str(args.workload_file), "molecules": args.n_molecules,
+              "alloys": args.n_alloys}
+    workloads = _atoms(shared)
     models = [SchNetPack(args.width, args.layers)]
     for h in (int(x) for x in args.heads.split(",")):
         for w in (int(x) for x in args.workers.split(",")):
@@ -260,8 +266,6 @@ def main() -> None:
         torch.set_num_threads(1)
         rate1 = matmul_rate()  # a process of the --procs rows: one thread
         torch.set_num_threads(threads)
-        shared = {"file": str(args.workload_file), "molecules": args.n_molecules,
-                  "alloys": args.n_alloys}
         base = {"width": args.width, "layers": args.layers}
         ours = {**base, "kind": "atomgfm", "heads": 1, "workers": 0, "compile": True,
                 "chunk_size": args.chunk_size}
